@@ -1,0 +1,518 @@
+"""CLIP features for image regions and phrases, loaded from local files.
+
+Robots usually have no network and no model hub, so every model source is a file the
+operator can name; a hub tag only works when its weights are already in the local Hugging
+Face cache, unless downloading is explicitly allowed.
+
+``pretrained`` spellings accepted by :func:`load_clip` (and :class:`ClipConfig`):
+
+* ``"local-dir:DIR"`` -- architecture *and* weights from DIR (``open_clip_config.json`` +
+  ``open_clip_model.safetensors``, the format :func:`save_clip_dir` writes and the project's
+  own models ship in). ``model_name`` is then only the label reported with the features.
+* a path to a checkpoint file (``.safetensors``, or a state dict saved with ``torch.save``:
+  ``.pt``/``.pth``/``.bin``) -- weights only; the architecture comes from ``model_name``, which
+  must be a built-in open_clip name (``"ViT-B-32"``) or ``"local-dir:DIR"``.
+* an open_clip tag for ``model_name`` (``"openai"``, ``"laion2b_s34b_b79k"``) -- read from the
+  local Hugging Face cache; fetched only with ``allow_download=True``.
+* ``"random"`` -- random weights, on purpose (tests, benchmarks, timing). There is no silent
+  fallback to random weights: ``None``/``""`` is accepted only when ``model_name`` is
+  ``"local-dir:DIR"`` (open_clip's own spelling), whose DIR then supplies the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F  # noqa: N812
+from huggingface_hub import try_to_load_from_cache
+from open_clip.factory import load_state_dict
+from open_clip.push_to_hf_hub import save_config_for_hf
+from PIL import Image
+from safetensors.torch import save_file
+
+from semret_ros.core.visual_prompt import VISUAL_PROMPTS, crop_region
+
+LOGGER = logging.getLogger(__name__)
+
+LOCAL_DIR_PREFIX = "local-dir:"
+RANDOM_WEIGHTS = "random"
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+_DIR_WEIGHT_FILES = (WEIGHTS_FILE, "open_clip_pytorch_model.bin")
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of the {}.")
+
+
+def default_model_dir() -> Path:
+    """Folder of the model shipped inside the package (may be absent in a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "models" / "shapes_default"
+
+
+@dataclass
+class ClipConfig:
+    """How regions and phrases are embedded.
+
+    The blend ``normalize(region_weight * f_region + global_weight * f_global)`` adds scene
+    context to each region. Seed 000 weighs the global feature above the region (1 : 0.8),
+    which pulls every region of a frame towards the same vector and flattens the contrast a
+    query relies on; 1 : 0.25 keeps regions distinct while still helping small, ambiguous
+    crops with the scene's context (HOV-SG's adaptive blend lands in the same range).
+    """
+
+    model_name: str = "shapes_default"
+    pretrained: str | None = f"{LOCAL_DIR_PREFIX}{default_model_dir()}"
+    device: str = "cpu"
+    precision: str = "fp32"
+    visual_prompt: str = "masked_crop"
+    crop_padding: float = 0.1
+    region_weight: float = 1.0
+    global_weight: float = 0.25
+    batch_size: int = 64
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    allow_download: bool = False
+    text_cache_size: int = 4096
+    """Phrases kept in the LRU text-feature cache; query vocabularies repeat, images don't."""
+
+    def __post_init__(self) -> None:
+        _check_device_precision(self.device, self.precision)
+        if self.visual_prompt not in VISUAL_PROMPTS:
+            raise ValueError(
+                f"visual_prompt must be one of {VISUAL_PROMPTS}, got {self.visual_prompt!r}"
+            )
+        if not 0.0 <= self.crop_padding < 10.0:
+            raise ValueError(f"crop_padding must be in [0, 10), got {self.crop_padding}")
+        if not (np.isfinite(self.region_weight) and self.region_weight > 0.0):
+            raise ValueError(f"region_weight must be finite and > 0, got {self.region_weight}")
+        if not (np.isfinite(self.global_weight) and self.global_weight >= 0.0):
+            raise ValueError(f"global_weight must be finite and >= 0, got {self.global_weight}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.text_cache_size < 1:
+            raise ValueError(f"text_cache_size must be >= 1, got {self.text_cache_size}")
+        self.templates = tuple(self.templates)
+        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+            raise ValueError(f"templates must each contain one '{{}}', got {self.templates}")
+
+
+def _check_device_precision(device: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if precision == "fp16" and kind != "cuda":
+        raise ValueError(f"precision 'fp16' needs a cuda device, got device {device!r}")
+
+
+def load_clip(
+    model_name: str,
+    pretrained: str | None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    allow_download: bool = False,
+) -> tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor], Callable]:
+    """Build an open_clip model, its eval preprocess and tokenizer (spellings: module docstring).
+
+    Raises:
+        FileNotFoundError: a named file or folder, or a tag's cached weights, is missing.
+        ValueError: an unknown model name or tag, or a checkpoint that does not fit the
+            architecture (the message names the file and the mismatched keys/shapes).
+    """
+    _check_device_precision(device, precision)
+    if not allow_download:
+        # Fail fast instead of ~50 s of retries in anything that reaches for the hub later.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    source = _resolve_source(model_name, pretrained, allow_download)
+    with _RandomInitWarningMuted(active=source.checkpoint is not None):
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            source.arch,
+            pretrained=source.download_tag,
+            load_weights=source.download_tag is not None,
+            precision=precision,
+            device=device,
+            **source.preprocess_overrides,
+        )
+    if source.checkpoint is not None:
+        _load_weights(model, source.checkpoint, source.arch)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(source.arch)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where load_clip takes a model from."""
+
+    arch: str
+    """open_clip architecture: a built-in name or 'local-dir:DIR'."""
+    checkpoint: Path | None = None
+    """Weights file to load; None with no download_tag means random weights."""
+    download_tag: str | None = None
+    """Tag open_clip must fetch itself (only with allow_download)."""
+    preprocess_overrides: dict[str, object] = field(default_factory=dict)
+    """A tag's own normalization/resize settings."""
+
+
+def _resolve_source(model_name: str, pretrained: str | None, allow_download: bool) -> _Source:
+    if pretrained and pretrained.startswith(LOCAL_DIR_PREFIX):
+        model_name, pretrained = pretrained, None
+    if model_name.startswith(LOCAL_DIR_PREFIX):
+        folder = _local_dir(model_name)
+        arch = f"{LOCAL_DIR_PREFIX}{folder}"
+        if not pretrained:
+            return _Source(arch, _dir_weights(folder))
+    elif model_name in open_clip.list_models():
+        arch = model_name
+    else:
+        raise ValueError(
+            f"model_name {model_name!r} is neither a built-in open_clip architecture nor "
+            f"'{LOCAL_DIR_PREFIX}DIR'; built-ins include {open_clip.list_models()[:8]}..."
+        )
+    if not pretrained:
+        raise ValueError(
+            f"pretrained is empty for model_name {model_name!r}: pass a checkpoint file, "
+            f"'{LOCAL_DIR_PREFIX}DIR', an open_clip tag, or '{RANDOM_WEIGHTS}' for random weights"
+        )
+    if pretrained == RANDOM_WEIGHTS:
+        return _Source(arch)
+    path = Path(pretrained).expanduser()
+    if path.suffix in _CHECKPOINT_SUFFIXES or os.sep in pretrained or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained checkpoint file not found: {path}")
+        return _Source(arch, path)
+    return _cached_tag(arch, pretrained, allow_download)
+
+
+def _local_dir(spec: str) -> Path:
+    folder = Path(spec[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder} (from {spec!r})")
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"model folder {folder} has no {CONFIG_FILE}")
+    return folder
+
+
+def _dir_weights(folder: Path) -> Path:
+    for name in _DIR_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"model folder {folder} has no weights file ({WEIGHTS_FILE})")
+
+
+def _cached_tag(arch: str, tag: str, allow_download: bool) -> _Source:
+    """An open_clip tag's weights from the local Hugging Face cache, found without network."""
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        raise ValueError(
+            f"pretrained {tag!r} is not a file and not a known tag of {arch!r}; "
+            f"known tags: {open_clip.list_pretrained_tags_by_model(arch)}"
+        )
+    overrides = {
+        key: cfg[name]
+        for key, name in (
+            ("image_mean", "mean"),
+            ("image_std", "std"),
+            ("image_interpolation", "interpolation"),
+            ("image_resize_mode", "resize_mode"),
+        )
+        if name in cfg
+    }
+    repo, filename = os.path.split(cfg.get("hf_hub", ""))
+    candidates = (WEIGHTS_FILE, filename or "open_clip_pytorch_model.bin")
+    for name in candidates if repo else ():
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return _Source(arch, Path(found), preprocess_overrides=overrides)
+    if not allow_download:
+        raise FileNotFoundError(
+            f"weights for {arch!r} tag {tag!r} are not in the local Hugging Face cache "
+            f"(repo {repo or cfg.get('url', '?')!r}) and downloads are off (HF_HUB_OFFLINE=1, "
+            "allow_download=False); fetch them on a connected machine or pass a local file"
+        )
+    return _Source(arch, download_tag=tag)
+
+
+class _RandomInitWarningMuted(logging.Filter):
+    """Drops open_clip's "initialized randomly" warning while a model is built empty.
+
+    load_clip builds the model without weights and loads the checkpoint itself (for errors
+    that name the file and the mismatch), so that warning would be false on every start.
+    """
+
+    def __init__(self, active: bool) -> None:
+        super().__init__()
+        self.active = active
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    def __enter__(self) -> None:
+        if self.active:
+            logging.getLogger().addFilter(self)
+
+    def __exit__(self, *_exc: object) -> None:
+        logging.getLogger().removeFilter(self)
+
+
+def _load_weights(model: torch.nn.Module, checkpoint: Path, arch: str) -> None:
+    try:
+        open_clip.load_checkpoint(model, str(checkpoint), strict=True, weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"checkpoint {checkpoint} does not fit architecture {arch!r}: "
+            f"{_mismatch_summary(model, checkpoint)}"
+        ) from error
+
+
+def _mismatch_summary(model: torch.nn.Module, checkpoint: Path) -> str:
+    """Short human summary of why a state dict does not fit a model."""
+    try:
+        state = load_state_dict(str(checkpoint))
+    except Exception as error:
+        return f"not a readable state dict ({type(error).__name__}: {error})"
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(state) & set(expected))
+        if tuple(state[key].shape) != tuple(expected[key].shape)
+    ]
+    parts = [
+        f"{len(items)} {label} (e.g. {', '.join(items[:3])})"
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", shapes),
+        )
+        if items
+    ]
+    return "; ".join(parts) or "keys and shapes match; open_clip rejected the values"
+
+
+def save_clip_dir(
+    model: torch.nn.Module, model_cfg: dict[str, object], directory: str | os.PathLike
+) -> Path:
+    """Write ``model`` in the ``local-dir:`` format that :func:`load_clip` reads back.
+
+    ``model_cfg`` is the open_clip architecture dict (embed_dim, vision_cfg, text_cfg, ...).
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    save_config_for_hf(model, folder / CONFIG_FILE, model_config=model_cfg)
+    return folder
+
+
+class ClipEmbedder:
+    """Region, whole-image and phrase features from one CLIP model.
+
+    Encoder calls are counted (``image_encoder_calls``, ``text_encoder_calls``) so callers and
+    tests can see batching and caching at work. All outputs are float32, L2-normalized and
+    finite: a non-finite feature (e.g. an fp16 overflow) raises FloatingPointError rather than
+    being patched over, because a silently zeroed feature would still match some query.
+    """
+
+    def __init__(self, config: ClipConfig) -> None:
+        self.config = config
+        self.model_name = config.model_name
+        self.model, self.preprocess, self.tokenizer = load_clip(
+            config.model_name,
+            config.pretrained,
+            device=config.device,
+            precision=config.precision,
+            allow_download=config.allow_download,
+        )
+        self.device = torch.device(config.device)
+        self.input_dtype = next(
+            (m.weight.dtype for m in self.model.visual.modules() if isinstance(m, torch.nn.Conv2d)),
+            torch.float32,
+        )
+        self.image_encoder_calls = 0
+        self.text_encoder_calls = 0
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.embedding_dim = int(self._encode_prompts(["object"], ["object"]).shape[1])
+        self.text_encoder_calls = 0
+
+    # ----------------------------------------------------------------------------- images
+    def embed_frame(
+        self, image: np.ndarray, instance_ids: np.ndarray, num_regions: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) blended region features and the (D,) whole-image feature, in one batch.
+
+        Row i belongs to the pixels where ``instance_ids == i + 1``.
+        """
+        _check_image(image)
+        if instance_ids.shape != image.shape[:2]:
+            raise ValueError(
+                f"instance_ids shape {instance_ids.shape} does not match image {image.shape[:2]}"
+            )
+        if num_regions < 0:
+            raise ValueError(f"num_regions must be >= 0, got {num_regions}")
+        if not np.issubdtype(instance_ids.dtype, np.integer):
+            raise ValueError(f"instance_ids must be an integer image, got {instance_ids.dtype}")
+        low, high = int(instance_ids.min()), int(instance_ids.max())
+        if low < 0 or high > num_regions:
+            raise ValueError(f"instance_ids values [{low}, {high}] outside [0, {num_regions}]")
+        masks = [instance_ids == k for k in range(1, num_regions + 1)]
+        features = self._encode_crops([self._global_view(image), *self._crops(image, masks)])
+        return self._blend(features[1:], features[0]), features[0]
+
+    def embed_masks(
+        self,
+        image: np.ndarray,
+        masks: Sequence[np.ndarray],
+        global_embedding: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(N, D) features of the given masks; blended with ``global_embedding`` if given."""
+        _check_image(image)
+        features = self._encode_crops(self._crops(image, masks))
+        if global_embedding is None:
+            return features
+        global_embedding = np.asarray(global_embedding, np.float32)
+        if global_embedding.shape != (self.embedding_dim,) or not np.all(
+            np.isfinite(global_embedding)
+        ):
+            raise ValueError(
+                f"global_embedding must be finite with shape ({self.embedding_dim},), "
+                f"got shape {global_embedding.shape}"
+            )
+        return self._blend(features, global_embedding)
+
+    def _global_view(self, image: np.ndarray) -> np.ndarray:
+        """The whole frame padded to a square, so the centre crop keeps all of it."""
+        return crop_region(image, np.ones(image.shape[:2], bool), "bbox_crop", padding=0.0)
+
+    def _crops(self, image: np.ndarray, masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+        crops = []
+        for index, mask in enumerate(masks):
+            try:
+                crop = crop_region(image, mask, self.config.visual_prompt, self.config.crop_padding)
+            except ValueError as error:
+                raise ValueError(f"masks[{index}]: {error}") from error
+            crops.append(crop)
+        return crops
+
+    def _encode_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Preprocess all crops, move them to the device once, encode in batch_size chunks."""
+        if not crops:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        batch = self.preprocess_batch(crops)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        with torch.inference_mode():
+            batch = batch.to(self.device, self.input_dtype, non_blocking=True)
+            chunks = []
+            for chunk in batch.split(self.config.batch_size):
+                chunks.append(self.model.encode_image(chunk))
+                self.image_encoder_calls += 1
+            features = F.normalize(torch.cat(chunks).float(), dim=-1).cpu().numpy()
+        return _finite(features, "image")
+
+    def preprocess_batch(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        """(M, 3, S, S) float32 CPU tensor of crops through the model's own eval preprocess.
+
+        The model's transform, not a faster re-implementation, so features match what
+        open_clip (and training) computes for the same crop.
+        """
+        return torch.stack([self.preprocess(Image.fromarray(crop)) for crop in crops])
+
+    def _blend(self, regions: np.ndarray, global_feature: np.ndarray) -> np.ndarray:
+        mixed = self.config.region_weight * regions + self.config.global_weight * global_feature
+        norms = np.linalg.norm(mixed, axis=1, keepdims=True)
+        return (mixed / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    # ------------------------------------------------------------------------------ text
+    def embed_text(self, phrases: Sequence[str]) -> np.ndarray:
+        """(K, D) template-ensembled phrase features; a phrase seen before costs no encoder call."""
+        if isinstance(phrases, str):
+            raise ValueError("phrases must be a sequence of strings, not a single str")
+        keys = [" ".join(str(p).split()) for p in phrases]
+        for index, key in enumerate(keys):
+            if not key:
+                raise ValueError(f"phrases[{index}] is empty or whitespace: {phrases[index]!r}")
+        with self._lock:
+            missing = [k for k in dict.fromkeys(keys) if k not in self._text_cache]
+        if missing:
+            encoded = self._encode_phrases(missing)
+            with self._lock:
+                for key, feature in zip(missing, encoded, strict=True):
+                    self._text_cache[key] = feature
+        with self._lock:
+            rows = []
+            for key in keys:
+                self._text_cache.move_to_end(key)
+                rows.append(self._text_cache[key])
+            while len(self._text_cache) > self.config.text_cache_size:
+                self._text_cache.popitem(last=False)
+        if not rows:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        return np.stack(rows)
+
+    def _encode_phrases(self, phrases: Sequence[str]) -> np.ndarray:
+        """Mean of each phrase's template features, renormalized (CLIP's prompt ensembling)."""
+        templates = self.config.templates
+        prompts = [t.format(p) for p in phrases for t in templates]
+        owners = [p for p in phrases for _ in templates]
+        per_prompt = self._encode_prompts(prompts, owners)
+        mean = per_prompt.reshape(len(phrases), len(templates), -1).mean(axis=1)
+        return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(
+            np.float32
+        )
+
+    def _encode_prompts(self, prompts: Sequence[str], owners: Sequence[str]) -> np.ndarray:
+        """Encode prompts; ``owners[i]`` is the phrase named if prompt i gets truncated."""
+        tokens = self.tokenizer(list(prompts))
+        for phrase in dict.fromkeys(self._truncated(prompts, owners, tokens)):
+            LOGGER.warning(
+                "phrase %r does not fit the model's %d-token context; the text was truncated",
+                phrase,
+                tokens.shape[1],
+            )
+        with torch.inference_mode():
+            features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+            self.text_encoder_calls += 1
+            features = F.normalize(features.float(), dim=-1).cpu().numpy()
+        return _finite(features, "text")
+
+    def _truncated(
+        self, prompts: Sequence[str], owners: Sequence[str], tokens: torch.Tensor
+    ) -> list[str]:
+        """Owners of the prompts the tokenizer cut to the context length."""
+        context = tokens.shape[1]
+        if isinstance(self.tokenizer, open_clip.SimpleTokenizer):
+            cut = [len(self.tokenizer.encode(p)) + 2 > context for p in prompts]
+        else:
+            # Other tokenizers pad with 0; a full row is the sign of a cut.
+            cut = [int(row[-1]) != 0 for row in tokens]
+        return [owner for owner, was_cut in zip(owners, cut, strict=True) if was_cut]
+
+    # ---------------------------------------------------------------------------- warmup
+    def warmup(self) -> None:
+        """One image and one text pass, so the first real frame is not the slow one."""
+        self._encode_crops([np.zeros((32, 32, 3), np.uint8)])
+        self._encode_phrases(["object"])
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
+        raise ValueError(f"image must be HxWx3 uint8 RGB, got shape {image.shape} {image.dtype}")
+
+
+def _finite(features: np.ndarray, which: str) -> np.ndarray:
+    if not np.all(np.isfinite(features)):
+        raise FloatingPointError(
+            f"the {which} encoder produced non-finite features (broken weights or an fp16 overflow)"
+        )
+    return features

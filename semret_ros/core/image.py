@@ -1,0 +1,71 @@
+"""Image conversion and validation at the core's boundary.
+
+Every other core function assumes a C-contiguous HxWx3 uint8 RGB image; this module is the one
+place that turns camera buffers into that form and rejects anything else with a message that
+names the offending shape and dtype, so a bad frame fails here instead of deep inside a model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COLOR_ORDERS: dict[str, int] = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4, "mono": 1}
+"""Supported channel orders and their channel counts."""
+
+
+def _describe(image: np.ndarray) -> str:
+    return f"shape {tuple(image.shape)} dtype {image.dtype}"
+
+
+def to_rgb(image: np.ndarray, color_order: str = "rgb") -> np.ndarray:
+    """Convert a camera image to a fresh C-contiguous HxWx3 uint8 RGB array.
+
+    The caller states the channel order because a bare array cannot tell BGR from RGB (ROS
+    encodings and OpenCV both disagree with CLIP's RGB). The result always owns its memory so
+    that frames kept in the store outlive the message buffer they came from.
+
+    Args:
+        image: HxWxC uint8 array; for ``mono`` HxW or HxWx1.
+        color_order: one of ``rgb``, ``bgr``, ``rgba``, ``bgra``, ``mono``.
+
+    Raises:
+        ValueError: unknown order, non-uint8 data, empty image, or a shape that does not fit
+            the order; the message names the shape and dtype.
+    """
+    if color_order not in COLOR_ORDERS:
+        raise ValueError(f"color_order must be one of {sorted(COLOR_ORDERS)}, got {color_order!r}")
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {_describe(image)}")
+    if image.size == 0:
+        raise ValueError(f"image is empty: {_describe(image)}")
+    channels = COLOR_ORDERS[color_order]
+    if color_order == "mono":
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim != 2:
+            raise ValueError(f"mono image must be HxW or HxWx1, got {_describe(image)}")
+        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+    if image.ndim != 3 or image.shape[2] != channels:
+        raise ValueError(f"{color_order} image must be HxWx{channels}, got {_describe(image)}")
+    if color_order == "rgb":
+        return np.array(image, order="C", copy=True)
+    if color_order == "rgba":
+        return np.array(image[:, :, :3], order="C", copy=True)
+    # bgr and bgra: channels 2, 1, 0 are R, G, B.
+    return np.array(image[:, :, 2::-1], order="C", copy=True)
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Validate an RGB image already converted by :func:`to_rgb` and return it as an array.
+
+    Segmenters and the pipeline call this on entry so that a caller skipping ``to_rgb`` gets a
+    clear error instead of a model failing on an odd shape.
+
+    Raises:
+        ValueError: the image is not a non-empty HxWx3 uint8 array; names shape and dtype.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
+        raise ValueError(f"image must be a non-empty HxWx3 uint8 RGB array, got {_describe(image)}")
+    return image

@@ -1,0 +1,297 @@
+"""Evaluation metrics: embedding consistency (seed 000), semantic localization (seed 001), IoU.
+
+These only measure; nothing here changes a frame. Refinement (the actual merging of
+regions) lives in ``core/refine.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class ConsistencySummary:
+    """How tightly region features cluster by label and how separable the labels are."""
+
+    labels: np.ndarray
+    """(L,) the distinct labels, ascending; rows/columns below follow this order."""
+    spread: np.ndarray
+    """(L,) float64 mean ||f - mu_l|| over the features of label l (lower = more consistent)."""
+    counts: np.ndarray
+    """(L,) int64 number of features per label."""
+    cosine: np.ndarray
+    """(L, L) float64 cosine between centred, normalised label means (diagonal 1)."""
+    mean_spread: float
+    """Feature-weighted mean of ``spread``."""
+    mean_between_cosine: float
+    """Mean off-diagonal cosine (lower = labels more contrastive); 0 with one label."""
+
+
+def semantic_consistency(features: np.ndarray, labels: np.ndarray) -> ConsistencySummary:
+    """Within-label spread and between-label cosine of features grouped by label (seed 000).
+
+    Features are used as given (the project's embeddings are already L2-normalised, as the
+    seed's). Label means are centred on their own average before normalising, as in the
+    seed, so the cosine measures how labels differ from each other rather than the large
+    component every CLIP feature shares. A label whose centred mean is zero (e.g. the only
+    label) gets a zero row and column except the diagonal.
+    """
+    vectors = np.asarray(features, dtype=np.float64)
+    groups = np.asarray(labels).reshape(-1)
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"features: expected a non-empty (N, D) array, got {vectors.shape}")
+    if groups.shape[0] != vectors.shape[0]:
+        raise ValueError(f"labels: expected {vectors.shape[0]} labels, got {groups.shape[0]}")
+    if not np.isfinite(vectors).all():
+        raise ValueError("features: contains NaN or inf")
+
+    unique, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    sums = np.zeros((unique.shape[0], vectors.shape[1]))
+    np.add.at(sums, inverse, vectors)
+    means = sums / counts[:, None]
+    distances = np.linalg.norm(vectors - means[inverse], axis=1)
+    spread = np.bincount(inverse, weights=distances) / counts
+
+    centred = means - means.mean(axis=0)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    unit = np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 1e-12)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, 1.0)
+    off_diagonal = cosine[~np.eye(len(unique), dtype=bool)]
+    return ConsistencySummary(
+        labels=unique,
+        spread=spread,
+        counts=counts.astype(np.int64),
+        cosine=cosine,
+        mean_spread=float(distances.mean()),
+        mean_between_cosine=float(off_diagonal.mean()) if off_diagonal.size else 0.0,
+    )
+
+
+@dataclass
+class MergeDeletionReport:
+    """What the seed's merge-and-deletion step would do to a set of labels."""
+
+    deleted: list[int]
+    """Labels too generic to keep: row sum above mean + std of all row sums."""
+    merged: list[tuple[int, int]]
+    """(kept, absorbed) pairs with cosine above the merge threshold; kept is the smaller id."""
+    row_sums: np.ndarray
+    """(L,) s_l = sum_j C_lj - 1."""
+
+
+def merge_deletion_diagnostic(
+    summary: ConsistencySummary, merge_threshold: float = 0.6
+) -> MergeDeletionReport:
+    """Which labels the seed's merge-and-deletion would delete or merge (a report only).
+
+    Deleted labels are left out of the merge pairs, since they would be gone first.
+    """
+    cosine = summary.cosine
+    row_sums = cosine.sum(axis=1) - 1.0
+    limit = row_sums.mean() + row_sums.std()
+    generic = row_sums > limit + 1e-12
+    deleted = [int(label) for label in summary.labels[generic]]
+    merged = []
+    for i, j in zip(*np.nonzero(np.triu(cosine > merge_threshold, k=1)), strict=True):
+        if not (generic[i] or generic[j]):
+            low, high = sorted((int(summary.labels[i]), int(summary.labels[j])))
+            merged.append((low, high))
+    return MergeDeletionReport(deleted=deleted, merged=merged, row_sums=row_sums)
+
+
+@dataclass
+class SlmConfig:
+    """Parameters of the semantic localization metrics, as fractions of the image size.
+
+    Upstream (SLM) works on ~10k x 10k remote-sensing images with a 251 px smoothing
+    kernel and a 1000 px peak window; the fractions below keep those proportions
+    (2.5 % and 10 % of the longer image side) so results do not depend on resolution.
+    """
+
+    smooth_fraction: float = 0.025
+    """Box-filter size / longer image side (at least 3 px, odd)."""
+    peak_window_fraction: float = 0.1
+    """Local-maximum window / longer image side (at least 3 px)."""
+    peak_threshold: float = 0.5
+    """A peak must reach this smoothed probability."""
+    radius_factor: float = 1.5
+    """Search radius r = radius_factor x mean boundary distance from the region centre."""
+
+
+@dataclass
+class SlmResult:
+    """Semantic localization metrics of one heatmap against ground-truth regions."""
+
+    rsu: float
+    """Salient-area utilisation, higher better, in [0, 1]."""
+    ras: float
+    """Attention shift of the peaks from the region centres, lower better, in [0, 1]."""
+    rda: float
+    """Attention dispersion (one tight peak per region is best), higher better, in [0, 1]."""
+    rmi: float
+    """0.4 Rsu + 0.35 (1 - Ras) + 0.25 Rda, higher better, in [0, 1]."""
+    peaks: np.ndarray
+    """(K, 2) float64 (x, y) peak centres found in the smoothed map."""
+
+
+def _odd_size(fraction: float, side: int) -> int:
+    size = max(3, round(fraction * side))
+    return size if size % 2 else size + 1
+
+
+def heatmap_peaks(probability: np.ndarray, config: SlmConfig | None = None) -> np.ndarray:
+    """(K, 2) float64 (x, y) centres of the local maxima of the box-smoothed map.
+
+    A plateau of equal maxima (common after smoothing a flat map) counts as one peak: its
+    centroid when that falls on the plateau, else the plateau pixel nearest the centroid
+    (a ring-shaped plateau around a cold region must not put a peak in the cold centre).
+    """
+    config = config or SlmConfig()
+    side = max(probability.shape)
+    smoothed = cv2.blur(
+        probability.astype(np.float32),
+        (_odd_size(config.smooth_fraction, side),) * 2,
+        borderType=cv2.BORDER_REFLECT,
+    )
+    window = max(3, round(config.peak_window_fraction * side))
+    maxima = (smoothed == ndimage.maximum_filter(smoothed, size=window, mode="nearest")) & (
+        smoothed >= config.peak_threshold
+    )
+    components, count = ndimage.label(maxima, structure=np.ones((3, 3)))
+    peaks = np.zeros((count, 2))
+    for index, rows_cols in enumerate(ndimage.find_objects(components)):
+        ys, xs = np.nonzero(components[rows_cols] == index + 1)
+        points = np.stack([xs + rows_cols[1].start, ys + rows_cols[0].start], axis=1)
+        centroid = points.mean(axis=0)
+        x, y = np.rint(centroid).astype(int)
+        if components[y, x] == index + 1:
+            peaks[index] = centroid
+        else:
+            peaks[index] = points[np.argmin(np.linalg.norm(points - centroid, axis=1))]
+    return peaks
+
+
+def region_centre_radius(mask: np.ndarray, radius_factor: float = 1.5) -> tuple[np.ndarray, float]:
+    """Centre (x, y) of a region mask and its search radius.
+
+    Upstream regions are polygons and r = factor x mean distance of the vertices from the
+    centre; a mask has no vertices, so the mean distance of its boundary pixels (every
+    outer-contour point) from the pixel centroid stands in for it. For a square of side s
+    that is about 0.57 s (vertices would give 0.71 s). At least 1 px, so one-pixel regions
+    still have a radius.
+    """
+    ys, xs = np.nonzero(mask)
+    centre = np.array([xs.mean(), ys.mean()])
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    boundary = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    mean_distance = float(np.linalg.norm(boundary - centre, axis=1).mean())
+    return centre, radius_factor * max(mean_distance, 1.0)
+
+
+def _check_probability(probability: np.ndarray) -> np.ndarray:
+    heat = np.asarray(probability, dtype=np.float64)
+    if heat.ndim != 2 or heat.size == 0:
+        raise ValueError(f"probability: expected a non-empty HxW map, got {heat.shape}")
+    return np.clip(np.nan_to_num(heat, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+def semantic_localization(
+    probability: np.ndarray, regions: Sequence[np.ndarray], config: SlmConfig | None = None
+) -> SlmResult:
+    """SLM metrics (seed 001) of a heatmap P in [0, 1] against boolean region masks.
+
+    M is the union of the regions. Rsu = 1 - exp(-0.707 * inside/outside mass ratio *
+    background/foreground area ratio). Per region (centre c, radius r), the peaks within r:
+    offset = mean peak distance to c (r if none), and dispersion = n if n <= 1, else
+    0.5 (1 - mean distance of the peaks from their centroid / r) + exp(-0.5 (n + 2)).
+    Ras = (e^{3g} - 1) / (e^3 - 1) with g = mean(offset / r); Rda = mean dispersion.
+
+    Edge cases give defined values, never NaN: an all-zero heatmap scores Rsu 0, Ras 1,
+    Rda 0; no regions (or only empty masks) also gives these worst values, because there
+    is nothing to localize; a region covering the whole image gives Rsu 0 (the area ratio is 0).
+    NaN in the heatmap counts as 0.
+    """
+    config = config or SlmConfig()
+    heat = _check_probability(probability)
+    masks = [np.asarray(region, dtype=bool) for region in regions]
+    for index, mask in enumerate(masks):
+        if mask.shape != heat.shape:
+            raise ValueError(f"regions[{index}]: expected shape {heat.shape}, got {mask.shape}")
+    masks = [mask for mask in masks if mask.any()]
+    peaks = heatmap_peaks(heat, config)
+    if not masks:
+        return SlmResult(rsu=0.0, ras=1.0, rda=0.0, rmi=0.0, peaks=peaks)
+
+    union = np.logical_or.reduce(masks)
+    inside = float(heat[union].sum())
+    outside = float(heat.sum()) - inside
+    foreground = float(union.sum())
+    background = float(union.size) - foreground
+    ratio = (inside / (outside + 1e-8)) * (background / foreground)
+    rsu = 1.0 - math.exp(-0.707 * min(ratio, 1e6))
+
+    shifts, dispersions = [], []
+    for mask in masks:
+        centre, radius = region_centre_radius(mask, config.radius_factor)
+        distances = np.linalg.norm(peaks - centre, axis=1)
+        near = peaks[distances <= radius]
+        shifts.append((distances[distances <= radius].mean() if len(near) else radius) / radius)
+        if len(near) <= 1:
+            dispersions.append(float(len(near)))
+        else:
+            spread = np.linalg.norm(near - near.mean(axis=0), axis=1).mean() / radius
+            dispersions.append(0.5 * (1.0 - spread) + math.exp(-0.5 * (len(near) + 2)))
+    g = float(np.mean(shifts))
+    ras = (math.exp(3.0 * g) - 1.0) / (math.exp(3.0) - 1.0)
+    rda = float(np.clip(np.mean(dispersions), 0.0, 1.0))
+    rmi = 0.4 * rsu + 0.35 * (1.0 - ras) + 0.25 * rda
+    return SlmResult(rsu=rsu, ras=ras, rda=rda, rmi=rmi, peaks=peaks)
+
+
+def iou(prediction: np.ndarray, target: np.ndarray) -> float:
+    """Intersection over union of two boolean masks; 1.0 when both are empty.
+
+    Two empty masks agree perfectly that the thing is absent, so they score 1 (and do not
+    drag an average down for a correctly absent object).
+    """
+    a = np.asarray(prediction, dtype=bool)
+    b = np.asarray(target, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"prediction: shape {a.shape} differs from target shape {b.shape}")
+    union = np.count_nonzero(a | b)
+    if union == 0:
+        return 1.0
+    return np.count_nonzero(a & b) / union
+
+
+def mean_iou(
+    prediction: np.ndarray, target: np.ndarray, ignore_index: int | None = None
+) -> tuple[float, dict[int, float]]:
+    """Mean IoU over the classes present in the prediction or the target, and per class.
+
+    Classes absent from both images are skipped (they would score a vacuous 1). Pixels whose
+    target is ``ignore_index`` are left out of both images, and that value is not a class.
+    Use ``ignore_index=0`` when 0 means "unlabelled" (as in ``LabelResult.label_image``).
+    """
+    pred = np.asarray(prediction)
+    true = np.asarray(target)
+    if pred.shape != true.shape or pred.ndim != 2:
+        raise ValueError(
+            f"prediction: expected an HxW image shaped like target {true.shape}, got {pred.shape}"
+        )
+    keep = np.ones(true.shape, bool) if ignore_index is None else true != ignore_index
+    pred, true = pred[keep], true[keep]
+    classes = np.union1d(np.unique(pred), np.unique(true))
+    if ignore_index is not None:
+        classes = classes[classes != ignore_index]
+    if classes.size == 0:
+        raise ValueError("target: no pixels or classes left to evaluate after ignore_index")
+    per_class = {int(c): iou(pred == c, true == c) for c in classes}
+    return float(np.mean(list(per_class.values()))), per_class

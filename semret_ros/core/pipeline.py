@@ -1,0 +1,221 @@
+"""The whole per-frame job in one place: segment, refine, embed, and answer language queries.
+
+The ROS node, the evaluation tool and the demo all call :class:`SemanticPipeline`, so a frame
+is processed and a query answered the same way everywhere. Processing a frame is the slow
+part (segmenter + image encoder); answering a query from a processed frame costs one cached
+text lookup and a few array operations, which is why frames are kept and queries are cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from semret_ros.core.embedder import ClipConfig, ClipEmbedder
+from semret_ros.core.image import to_rgb
+from semret_ros.core.records import (
+    DescribeResult,
+    LabelResult,
+    Prompt,
+    QueryResult,
+    SemanticFrame,
+)
+from semret_ros.core.refine import (
+    RefineConfig,
+    assign_pixels_with_sources,
+    merge_similar_regions,
+    region_stats,
+)
+from semret_ros.core.scoring import (
+    QueryConfig,
+    check_phrases,
+    label_frame,
+    query_frame,
+    rank_vocabulary,
+)
+from semret_ros.core.segmenters import (
+    Sam2Config,
+    Segmenter,
+    SuperpixelConfig,
+    SuperpixelSegmenter,
+    build_segmenter,
+    check_prompt,
+    select_regions,
+)
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    """Everything that decides what a processed frame and an answer look like."""
+
+    segmenter: SuperpixelConfig | Sam2Config = field(default_factory=SuperpixelConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    vocabulary: tuple[str, ...] = ()
+    """Default candidate names for :meth:`SemanticPipeline.describe`."""
+
+    def __post_init__(self) -> None:
+        self.vocabulary = tuple(self.vocabulary)
+        if self.vocabulary:
+            check_phrases("vocabulary", self.vocabulary)
+
+
+class SemanticPipeline:
+    """Turns RGB frames into :class:`SemanticFrame` records and answers phrases against them.
+
+    Thread safety: ``process`` may run on one thread while ``query``/``label``/``describe``
+    run on others; they share only the embedder, whose text cache is locked, and frames,
+    which are never mutated after ``process`` returns them.
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        embedder: ClipEmbedder,
+        refine: RefineConfig | None = None,
+        query: QueryConfig | None = None,
+        vocabulary: Sequence[str] = (),
+    ) -> None:
+        self.segmenter = segmenter
+        self.embedder = embedder
+        self.refine = refine or RefineConfig()
+        self.query_config = query or QueryConfig()
+        self.vocabulary = tuple(vocabulary)
+
+    def process(self, image: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> SemanticFrame:
+        """Segment, refine and embed one RGB frame.
+
+        Proposals become one non-overlapping id image first (see ``assign_pixels``), so each
+        pixel belongs to exactly one embedded region; touching regions whose embeddings are
+        near-identical are then merged, which undoes over-segmentation without another
+        encoder call.
+        """
+        image = to_rgb(image, "rgb")
+        regions = self.segmenter.segment(image)
+        instance_ids, sources = assign_pixels_with_sources(
+            regions, self.refine.min_area, shape=image.shape[:2]
+        )
+        scores = np.array([regions[i].score for i in sources], dtype=np.float32)
+        embeddings, global_embedding = self.embedder.embed_frame(image, instance_ids, len(sources))
+        if len(sources) > 1 and self.refine.merge_threshold <= 1.0:
+            instance_ids, embeddings, parent = merge_similar_regions(
+                instance_ids, embeddings, self.refine.merge_threshold
+            )
+            merged_scores = np.zeros(embeddings.shape[0], dtype=np.float32)
+            np.maximum.at(merged_scores, parent - 1, scores)
+            scores = merged_scores
+        bboxes, areas = region_stats(instance_ids, embeddings.shape[0])
+        return SemanticFrame(
+            stamp_ns=int(stamp_ns),
+            frame_id=frame_id,
+            image=image,
+            instance_ids=instance_ids,
+            embeddings=np.ascontiguousarray(embeddings, dtype=np.float32),
+            global_embedding=np.asarray(global_embedding, dtype=np.float32),
+            scores=scores,
+            bboxes=bboxes,
+            areas=areas,
+            model=self.embedder.model_name,
+        )
+
+    def _negative_embeddings(self, negatives: Sequence[str] | None) -> np.ndarray | None:
+        phrases = self.query_config.negatives if negatives is None else tuple(negatives)
+        if not phrases:
+            return None
+        check_phrases("negatives", phrases)
+        return self.embedder.embed_text(phrases)
+
+    def query(
+        self,
+        frame: SemanticFrame,
+        text: str,
+        negatives: Sequence[str] | None = None,
+        threshold: float | None = None,
+        max_results: int | None = None,
+    ) -> QueryResult:
+        """Relevance of every region of ``frame`` to ``text``; None arguments use the defaults.
+
+        The phrase's text feature is cached by the embedder, so a phrase seen before costs no
+        model call: the answer is a table lookup over the frame's instance-id image.
+        """
+        check_phrases("text", [text])
+        config = self.query_config
+        return query_frame(
+            frame,
+            text,
+            self.embedder.embed_text([text])[0],
+            self._negative_embeddings(negatives),
+            threshold=config.threshold if threshold is None else threshold,
+            max_results=config.max_results if max_results is None else max_results,
+            mode=config.mode,
+            scale=config.contrast_scale,
+        )
+
+    def label(
+        self, frame: SemanticFrame, labels: Sequence[str], threshold: float | None = None
+    ) -> LabelResult:
+        """Which of ``labels`` each region is, as a label image (0 where none passes)."""
+        check_phrases("labels", labels)
+        config = self.query_config
+        return label_frame(
+            frame,
+            labels,
+            self.embedder.embed_text(labels),
+            self._negative_embeddings(None),
+            threshold=config.threshold if threshold is None else threshold,
+            scale=config.contrast_scale,
+        )
+
+    def describe(
+        self, frame: SemanticFrame, prompt: Prompt, vocabulary: Sequence[str] | None = None
+    ) -> DescribeResult:
+        """Segment the object a point/box prompt selects and rank a vocabulary against it.
+
+        With SAM2 the prompt goes to its image predictor (a new, precise mask). With the
+        superpixel segmenter the prompt selects regions of the frame's own refined id image,
+        the same regions the user sees in the overlay, at no segmentation cost.
+        """
+        words = self.vocabulary if vocabulary is None or len(vocabulary) == 0 else vocabulary
+        if not words:
+            raise ValueError("vocabulary is empty: pass candidate names or configure a default")
+        check_phrases("vocabulary", words)
+        check_prompt(prompt, frame.height, frame.width)
+        if isinstance(self.segmenter, SuperpixelSegmenter):
+            mask = select_regions(frame.instance_ids, prompt)
+        else:
+            region = self.segmenter.segment_prompted(frame.image, prompt)
+            mask = np.zeros(frame.instance_ids.shape, bool) if region is None else region.mask
+        if not mask.any():
+            raise ValueError("the prompt selects no region: points/box fall on unsegmented pixels")
+        embedding = self.embedder.embed_masks(frame.image, [mask], frame.global_embedding)[0]
+        labels, scores = rank_vocabulary(
+            embedding,
+            list(words),
+            self.embedder.embed_text(words),
+            self._negative_embeddings(None),
+            scale=self.query_config.contrast_scale,
+        )
+        return DescribeResult(mask=mask, labels=labels, scores=scores)
+
+
+def build_pipeline(config: PipelineConfig) -> SemanticPipeline:
+    """Load the models a configuration names (slow: reads checkpoints) and wire them up."""
+    _log.info(
+        "building pipeline: segmenter %s, CLIP %s (%s)",
+        type(config.segmenter).__name__,
+        config.clip.model_name,
+        config.clip.pretrained,
+    )
+    return SemanticPipeline(
+        build_segmenter(config.segmenter),
+        ClipEmbedder(config.clip),
+        refine=config.refine,
+        query=config.query,
+        vocabulary=config.vocabulary,
+    )

@@ -1,0 +1,390 @@
+"""Turn region embeddings and phrase embeddings into relevance, masks and labels.
+
+Everything here works on embeddings that were already computed (no model call), so a
+query on a stored frame costs a matrix-vector product and one table lookup per pixel.
+
+Why a single phrase cannot be scored with a softmax over the prompts (seed 000 does):
+with one prompt the softmax is identically 1 for every pixel, so the "heatmap" carries no
+information. Two scorings that do carry information are offered:
+
+- ``"cosine"``: the raw cosine between region and phrase, clipped to [0, 1]. Simple, but
+  CLIP image-text cosines live in a narrow band (about 0.15-0.35), so a fixed threshold means
+  different things for different phrases and models.
+- ``"contrastive"`` (LERF): for every negative phrase, the probability that the region
+  prefers the query over that negative, ``softmax(scale * [cos_q, cos_neg])[0]``; the
+  relevance is the minimum over negatives, so a region must beat every negative. 0.5 means
+  "as close to the query as to the closest negative", which makes 0.5 a meaningful default
+  threshold for any phrase.
+
+Non-finite numbers never reach an output: a region whose embedding holds NaN/inf gets
+relevance 0, and a query or negative/label/vocabulary embedding holding NaN/inf makes every
+relevance 0 (there is nothing trustworthy to compare with).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from semret_ros.core.records import LabelResult, Match, QueryResult, SemanticFrame
+
+MODES = ("contrastive", "cosine")
+
+
+@dataclass
+class QueryConfig:
+    """Defaults of a language query; every field can be overridden per request.
+
+    ``negatives`` are LERF's canonical phrases: generic words that any region matches a
+    little, so beating them means the region is specifically about the query.
+    ``contrast_scale`` is LERF's factor 10 on the cosines before the pairwise softmax: CLIP's
+    own logit scale (100) saturates the pair softmax to 0/1 for cosine gaps of ~0.05, which
+    would make the threshold meaningless, while 1 leaves every relevance near 0.5.
+    ``max_results`` 0 means no limit.
+    """
+
+    mode: str = "contrastive"
+    negatives: tuple[str, ...] = ("object", "things", "stuff", "texture")
+    threshold: float = 0.5
+    max_results: int = 10
+    contrast_scale: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.negatives = tuple(self.negatives)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field (also call after mutating a field)."""
+        check_mode(self.mode)
+        if self.negatives:
+            check_phrases("negatives", self.negatives)
+        elif self.mode == "contrastive":
+            raise ValueError("negatives: contrastive mode needs at least one negative phrase")
+        check_threshold(self.threshold)
+        check_max_results(self.max_results)
+        check_scale(self.contrast_scale)
+
+
+def check_mode(mode: str) -> None:
+    """Reject an unknown scoring mode with the valid choices in the message."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+
+
+def check_threshold(threshold: float) -> float:
+    """Thresholds compare against relevance in [0, 1]; anything else is a caller bug."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (0.0 <= value <= 1.0):
+        raise ValueError(f"threshold: expected a number in [0, 1], got {threshold!r}")
+    return value
+
+
+def check_max_results(max_results: int) -> None:
+    """0 means no limit; negatives or non-integers are caller bugs."""
+    if (
+        not isinstance(max_results, (int, np.integer))
+        or isinstance(max_results, bool)
+        or max_results < 0
+    ):
+        raise ValueError(
+            f"max_results: expected an integer >= 0 (0 = no limit), got {max_results!r}"
+        )
+
+
+def check_scale(scale: float) -> None:
+    """The contrast scale multiplies cosines before a softmax; it must be finite and > 0."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
+
+
+def check_phrases(name: str, phrases: Sequence[str]) -> None:
+    """Phrases become message fields and table keys, so empty or repeated ones are rejected."""
+    if isinstance(phrases, str):
+        raise ValueError(
+            f"{name}: expected a sequence of phrases, got the single string {phrases!r}"
+        )
+    if len(phrases) == 0:
+        raise ValueError(f"{name}: expected at least one phrase")
+    seen: set[str] = set()
+    for phrase in phrases:
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise ValueError(f"{name}: phrases must be non-empty strings, got {phrase!r}")
+        if phrase in seen:
+            raise ValueError(f"{name}: duplicate phrase {phrase!r}")
+        seen.add(phrase)
+
+
+def _as_rows(name: str, array: np.ndarray | None, dim: int | None) -> np.ndarray:
+    """(K, D) float64 view of a phrase/region matrix; None is an empty (0, D) matrix."""
+    if array is None:
+        return np.zeros((0, dim or 0), np.float64)
+    rows = np.asarray(array, dtype=np.float64)
+    if rows.size == 0 and dim is not None:
+        return np.zeros((0, dim), np.float64)
+    if rows.ndim != 2 or (dim is not None and rows.shape[1] != dim):
+        expected = f"(K, {dim})" if dim is not None else "(N, D)"
+        raise ValueError(f"{name}: expected shape {expected}, got {rows.shape}")
+    return rows
+
+
+def _unit_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised rows and a mask of rows that were finite with non-zero norm.
+
+    The contract already normalises embeddings; doing it again costs nothing at these sizes
+    and keeps "cosine" literally a cosine if a caller passes raw features.
+    """
+    valid = np.isfinite(rows).all(axis=1)
+    clean = np.where(valid[:, None], rows, 0.0)
+    norms = np.linalg.norm(clean, axis=1)
+    valid &= norms > 0
+    unit = np.divide(clean, norms[:, None], out=np.zeros_like(clean), where=valid[:, None])
+    return unit, valid
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so large scales cannot overflow."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    weights = np.exp(shifted)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _phrase_probabilities(
+    embeddings: np.ndarray, phrases: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax of scale * cosine over phrase rows for every embedding row.
+
+    Returns (probabilities (N, P) float64, valid (N,) bool); invalid rows and every row when
+    any phrase is non-finite are all-zero.
+    """
+    units, valid = _unit_rows(embeddings)
+    phrase_units, phrase_valid = _unit_rows(phrases)
+    if not phrase_valid.all():
+        valid = np.zeros_like(valid)
+    probabilities = _softmax(scale * (units @ phrase_units.T))
+    probabilities[~valid] = 0.0
+    return probabilities, valid
+
+
+def region_relevance(
+    embeddings: np.ndarray,
+    query: np.ndarray,
+    negatives: np.ndarray | None,
+    mode: str = "contrastive",
+    scale: float = 10.0,
+) -> np.ndarray:
+    """Relevance in [0, 1] of each of N regions to one phrase ((N,) float32).
+
+    ``negatives`` (K, D) may be None or empty only in ``"cosine"`` mode, which ignores them.
+    """
+    check_mode(mode)
+    check_scale(scale)
+    regions = _as_rows("embeddings", embeddings, None)
+    dim = regions.shape[1]
+    query_vector = np.asarray(query, dtype=np.float64)
+    if query_vector.shape != (dim,):
+        raise ValueError(f"query: expected shape ({dim},), got {query_vector.shape}")
+    negative_rows = _as_rows("negatives", negatives, dim)
+    if mode == "contrastive" and negative_rows.shape[0] == 0:
+        raise ValueError(
+            "negatives: contrastive mode needs at least one negative phrase embedding "
+            "(a softmax over the query alone is identically 1); use mode='cosine' otherwise"
+        )
+
+    units, valid = _unit_rows(regions)
+    phrase_rows = (
+        query_vector[None, :] if mode == "cosine" else np.vstack([query_vector, negative_rows])
+    )
+    phrase_units, phrase_valid = _unit_rows(phrase_rows)
+    if not phrase_valid.all():
+        return np.zeros(regions.shape[0], np.float32)
+    cosines = units @ phrase_units.T
+    if mode == "cosine":
+        relevance = np.clip(cosines[:, 0], 0.0, 1.0)
+    else:
+        # softmax over the pair (query, negative_k) = sigmoid(scale * (cos_q - cos_k)).
+        gaps = np.clip(scale * (cosines[:, :1] - cosines[:, 1:]), -500.0, 500.0)
+        relevance = (1.0 / (1.0 + np.exp(-gaps))).min(axis=1)
+    relevance[~valid] = 0.0
+    return relevance.astype(np.float32)
+
+
+def _check_instance_ids(instance_ids: np.ndarray, num_regions: int) -> np.ndarray:
+    ids = np.asarray(instance_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            f"instance_ids: expected an HxW integer image, got {ids.dtype} {ids.shape}"
+        )
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) > num_regions):
+        raise ValueError(
+            f"instance_ids: values must be in [0, {num_regions}] for {num_regions} regions, "
+            f"got [{int(ids.min())}, {int(ids.max())}]"
+        )
+    return ids
+
+
+def _lookup(instance_ids: np.ndarray, per_region: np.ndarray, background: object) -> np.ndarray:
+    """Paint per-region values into an HxW image by indexing a (N+1,) table with the ids."""
+    ids = _check_instance_ids(instance_ids, per_region.shape[0])
+    table = np.empty(per_region.shape[0] + 1, per_region.dtype)
+    table[0] = background
+    table[1:] = per_region
+    return np.take(table, ids)
+
+
+def similarity_image(instance_ids: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """HxW float32 relevance of the region under each pixel; 0 where no region."""
+    values = np.nan_to_num(
+        np.asarray(relevance, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0
+    )
+    return _lookup(instance_ids, np.clip(values, 0.0, 1.0), 0.0)
+
+
+def query_frame(
+    frame: SemanticFrame,
+    text: str,
+    query_embedding: np.ndarray,
+    negative_embeddings: np.ndarray | None,
+    threshold: float = 0.5,
+    max_results: int = 10,
+    mode: str = "contrastive",
+    scale: float = 10.0,
+) -> QueryResult:
+    """Score every region of a stored frame against one phrase.
+
+    ``mask`` holds every region that passes the threshold (it is not cut to
+    ``max_results``) and never the no-region pixels, even at threshold 0; ``matches`` are
+    the passing regions best first (ties by id), at most ``max_results`` (0 = no limit).
+    """
+    threshold = check_threshold(threshold)
+    check_max_results(max_results)
+    relevance = region_relevance(
+        frame.embeddings, query_embedding, negative_embeddings, mode, scale
+    )
+    similarity = similarity_image(frame.instance_ids, relevance)
+    passing = relevance >= threshold
+    # Pixels without a region have similarity 0, so only threshold 0 needs them excluded.
+    mask = similarity >= threshold if threshold > 0 else frame.instance_ids > 0
+
+    order = np.argsort(-relevance, kind="stable")
+    order = order[passing[order]]
+    if max_results:
+        order = order[:max_results]
+    matches = [
+        Match(
+            id=int(i) + 1,
+            score=float(relevance[i]),
+            bbox=tuple(int(v) for v in frame.bboxes[i]),
+            area=int(frame.areas[i]),
+            label=text,
+        )
+        for i in order
+    ]
+    return QueryResult(
+        text=text,
+        threshold=float(threshold),
+        relevance=relevance,
+        similarity=similarity,
+        mask=mask,
+        matches=matches,
+    )
+
+
+def label_frame(
+    frame: SemanticFrame,
+    labels: Sequence[str],
+    label_embeddings: np.ndarray,
+    negative_embeddings: np.ndarray | None,
+    threshold: float = 0.5,
+    scale: float = 10.0,
+) -> LabelResult:
+    """Give every region at most one of several labels (the seed's multi-phrase mode).
+
+    Per region: softmax over [labels + negatives] of scale * cosine. The region takes the
+    winning phrase if it is a label (not a negative) and its probability >= threshold.
+    With negatives, a region that looks generic stays unlabelled instead of being forced
+    into the least bad label.
+    """
+    check_phrases("labels", labels)
+    threshold = check_threshold(threshold)
+    check_scale(scale)
+    regions = _as_rows("embeddings", frame.embeddings, None)
+    dim = regions.shape[1]
+    label_rows = _as_rows("label_embeddings", label_embeddings, dim)
+    if label_rows.shape[0] != len(labels):
+        raise ValueError(
+            f"label_embeddings: expected {len(labels)} rows (one per label), "
+            f"got {label_rows.shape[0]}"
+        )
+    negative_rows = _as_rows("negative_embeddings", negative_embeddings, dim)
+    if label_rows.shape[0] + negative_rows.shape[0] < 2:
+        raise ValueError(
+            "negative_embeddings: one label needs at least one negative "
+            "(a softmax over a single phrase is identically 1)"
+        )
+
+    probabilities, valid = _phrase_probabilities(
+        regions, np.vstack([label_rows, negative_rows]), scale
+    )
+    num_labels = len(labels)
+    relevance = probabilities[:, :num_labels].astype(np.float32)
+    winner = probabilities.argmax(axis=1)
+    best = probabilities[np.arange(len(winner)), winner]
+    labelled = valid & (winner < num_labels) & (best >= threshold)
+    region_labels = np.where(labelled, winner + 1, 0).astype(np.uint16)
+    label_image = _lookup(frame.instance_ids, region_labels, 0)
+    scores = relevance.max(axis=0) if relevance.shape[0] else np.zeros(num_labels, np.float32)
+    return LabelResult(
+        labels=list(labels),
+        threshold=float(threshold),
+        relevance=relevance,
+        label_image=label_image,
+        scores=scores.astype(np.float32),
+    )
+
+
+def rank_vocabulary(
+    embedding: np.ndarray,
+    vocabulary: Sequence[str],
+    vocabulary_embeddings: np.ndarray,
+    negative_embeddings: np.ndarray | None,
+    scale: float = 10.0,
+) -> tuple[list[str], np.ndarray]:
+    """Vocabulary ranked best first with its softmax probabilities ((V,) float32).
+
+    The softmax runs over vocabulary + negatives, so probabilities sum to < 1 when a generic
+    negative takes part of the mass: a low top score then says "none of these fit well".
+    """
+    check_phrases("vocabulary", vocabulary)
+    check_scale(scale)
+    vector = np.asarray(embedding, dtype=np.float64)
+    if vector.ndim != 1:
+        raise ValueError(f"embedding: expected shape (D,), got {vector.shape}")
+    dim = vector.shape[0]
+    vocabulary_rows = _as_rows("vocabulary_embeddings", vocabulary_embeddings, dim)
+    if vocabulary_rows.shape[0] != len(vocabulary):
+        raise ValueError(
+            f"vocabulary_embeddings: expected {len(vocabulary)} rows (one per phrase), "
+            f"got {vocabulary_rows.shape[0]}"
+        )
+    negative_rows = _as_rows("negative_embeddings", negative_embeddings, dim)
+    if vocabulary_rows.shape[0] + negative_rows.shape[0] < 2:
+        raise ValueError(
+            "negative_embeddings: a one-phrase vocabulary needs at least one negative "
+            "(a softmax over a single phrase is identically 1)"
+        )
+    probabilities, _ = _phrase_probabilities(
+        vector[None, :], np.vstack([vocabulary_rows, negative_rows]), scale
+    )
+    scores = probabilities[0, : len(vocabulary)]
+    order = np.argsort(-scores, kind="stable")
+    return [vocabulary[i] for i in order], scores[order].astype(np.float32)

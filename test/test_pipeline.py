@@ -1,0 +1,145 @@
+"""The whole core pipeline on real components: superpixels + a saved tiny CLIP model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from semret_ros.core.embedder import ClipEmbedder
+from semret_ros.core.pipeline import PipelineConfig, SemanticPipeline, build_pipeline
+from semret_ros.core.records import Prompt
+from semret_ros.core.refine import RefineConfig
+from semret_ros.core.scoring import QueryConfig
+from semret_ros.core.segmenters import SuperpixelConfig, build_segmenter
+
+
+def _scene() -> np.ndarray:
+    """Three flat-coloured blocks on a grey floor: superpixels recover each block."""
+    image = np.full((96, 128, 3), 120, np.uint8)
+    image[10:40, 10:50] = (220, 30, 30)
+    image[50:90, 20:60] = (30, 200, 40)
+    image[20:80, 80:120] = (30, 40, 210)
+    return image
+
+
+@pytest.fixture()
+def pipeline(tiny_clip_config) -> SemanticPipeline:
+    return SemanticPipeline(
+        build_segmenter(SuperpixelConfig()),
+        ClipEmbedder(tiny_clip_config),
+        refine=RefineConfig(min_area=50, merge_threshold=2.0),
+        query=QueryConfig(threshold=0.0),
+        vocabulary=("red block", "green block", "blue block"),
+    )
+
+
+def test_process_gives_consistent_frame(pipeline):
+    frame = pipeline.process(_scene(), stamp_ns=123, frame_id="cam")
+    n = frame.num_regions
+    assert n >= 4, "each block and the floor should be a region"
+    assert frame.stamp_ns == 123 and frame.frame_id == "cam"
+    assert frame.instance_ids.dtype == np.int32 and frame.instance_ids.shape == (96, 128)
+    assert set(np.unique(frame.instance_ids)) <= set(range(n + 1))
+    assert set(range(1, n + 1)) <= set(np.unique(frame.instance_ids))
+    assert frame.embeddings.shape == (n, pipeline.embedder.embedding_dim)
+    np.testing.assert_allclose(np.linalg.norm(frame.embeddings, axis=1), 1.0, atol=1e-5)
+    assert frame.scores.shape == (n,) and frame.areas.shape == (n,) and frame.bboxes.shape == (n, 4)
+    assert frame.areas.sum() == np.count_nonzero(frame.instance_ids)
+    # The red block's interior carries one id whose box is the block's box, give or take
+    # the blurred edge pixels that felzenszwalb hands to a neighbour.
+    red_id = frame.instance_ids[25, 30]
+    assert (frame.instance_ids[13:37, 13:47] == red_id).all()
+    x, y, w, h = frame.bboxes[red_id - 1]
+    assert 10 <= x <= 13 and 10 <= y <= 13 and 47 <= x + w <= 50 and 37 <= y + h <= 40
+
+
+def test_query_is_a_lookup_and_costs_no_encoder_call_when_repeated(pipeline):
+    frame = pipeline.process(_scene())
+    first = pipeline.query(frame, "red block")
+    calls = (pipeline.embedder.text_encoder_calls, pipeline.embedder.image_encoder_calls)
+    again = pipeline.query(frame, "red block")
+    assert (pipeline.embedder.text_encoder_calls, pipeline.embedder.image_encoder_calls) == calls
+    np.testing.assert_array_equal(first.similarity, again.similarity)
+    assert first.similarity.dtype == np.float32 and first.similarity.shape == (96, 128)
+    assert first.similarity.min() >= 0.0 and first.similarity.max() <= 1.0
+    # The similarity image is the per-region relevance painted through the id image.
+    red_id = frame.instance_ids[25, 30]
+    assert first.similarity[25, 30] == pytest.approx(first.relevance[red_id - 1])
+    scores = [m.score for m in first.matches]
+    assert scores == sorted(scores, reverse=True)
+    assert len(first.matches) <= pipeline.query_config.max_results
+
+
+def test_query_threshold_and_bad_requests(pipeline):
+    frame = pipeline.process(_scene())
+    everything = pipeline.query(frame, "block", threshold=0.0)
+    assert everything.mask[frame.instance_ids > 0].all()
+    nothing = pipeline.query(frame, "block", threshold=1.0)
+    assert not nothing.mask.any() or (nothing.similarity[nothing.mask] >= 1.0).all()
+    with pytest.raises(ValueError, match="text"):
+        pipeline.query(frame, "  ")
+    with pytest.raises(ValueError, match="threshold"):
+        pipeline.query(frame, "block", threshold=float("nan"))
+    with pytest.raises(ValueError, match="labels"):
+        pipeline.label(frame, [])
+
+
+def test_label_and_describe(pipeline):
+    frame = pipeline.process(_scene())
+    labels = ["red block", "green block", "blue block"]
+    result = pipeline.label(frame, labels, threshold=0.0)
+    assert result.label_image.shape == (96, 128) and result.label_image.dtype == np.uint16
+    assert result.label_image.max() <= len(labels)
+    assert result.scores.shape == (3,)
+    described = pipeline.describe(
+        frame, Prompt(points=np.array([[30.0, 25.0]]), point_labels=np.array([1]))
+    )
+    # The superpixel path selects exactly the refined region under the point.
+    red_id = frame.instance_ids[25, 30]
+    np.testing.assert_array_equal(described.mask, frame.instance_ids == red_id)
+    assert sorted(described.labels) == sorted(labels)
+    assert list(described.scores) == sorted(described.scores, reverse=True)
+    with pytest.raises(ValueError, match="outside"):
+        pipeline.describe(
+            frame, Prompt(points=np.array([[500.0, 5.0]]), point_labels=np.array([1]))
+        )
+
+
+def test_frame_without_regions_is_empty_but_valid(tiny_clip_config):
+    pipeline = SemanticPipeline(
+        build_segmenter(SuperpixelConfig()),
+        ClipEmbedder(tiny_clip_config),
+        refine=RefineConfig(min_area=10**6),
+    )
+    frame = pipeline.process(_scene())
+    assert frame.num_regions == 0 and not frame.instance_ids.any()
+    result = pipeline.query(frame, "anything")
+    assert result.matches == [] and not result.mask.any()
+    assert result.similarity.shape == (96, 128)
+    assert pipeline.label(frame, ["a", "b"]).label_image.max() == 0
+
+
+def test_merging_touching_identical_regions(tiny_clip_config):
+    """A near-zero merge threshold merges touching regions the embedder sees alike."""
+    pipeline = SemanticPipeline(
+        build_segmenter(SuperpixelConfig()),
+        ClipEmbedder(tiny_clip_config),
+        refine=RefineConfig(min_area=50, merge_threshold=1e-6),
+    )
+    unmerged = dataclasses.replace(pipeline.refine, merge_threshold=2.0)
+    frame = pipeline.process(_scene())
+    pipeline.refine = unmerged
+    before = pipeline.process(_scene())
+    assert frame.num_regions < before.num_regions
+    assert frame.scores.shape == (frame.num_regions,)
+
+
+def test_build_pipeline_from_config(tiny_clip_config):
+    config = PipelineConfig(clip=tiny_clip_config, vocabulary=["mug"])
+    pipeline = build_pipeline(config)
+    frame = pipeline.process(_scene(), frame_id="x")
+    assert frame.model == tiny_clip_config.model_name
+    with pytest.raises(ValueError, match="vocabulary"):
+        PipelineConfig(clip=tiny_clip_config, vocabulary=["ok", ""])

@@ -1,0 +1,254 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semret_ros.core.records import Prompt, Region, bbox_of_mask
+from semret_ros.core.segmenters import (
+    Sam2Config,
+    Sam2Segmenter,
+    SuperpixelConfig,
+    SuperpixelSegmenter,
+    build_segmenter,
+    check_prompt,
+    select_regions,
+)
+
+SAM2_CFG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return np.count_nonzero(a & b) / max(np.count_nonzero(a | b), 1)
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A 160x120 image: three coloured objects on a mildly noisy grey background."""
+    height, width = 120, 160
+    rows, cols = np.mgrid[0:height, 0:width]
+    objects = {
+        "red_disc": (rows - 35) ** 2 + (cols - 40) ** 2 <= 20**2,
+        "blue_square": (rows >= 60) & (rows < 100) & (cols >= 90) & (cols < 130),
+        "green_disc": (rows - 85) ** 2 + (cols - 35) ** 2 <= 18**2,
+    }
+    colours = {"red_disc": (220, 40, 40), "blue_square": (40, 60, 210), "green_disc": (40, 190, 60)}
+    rng = np.random.default_rng(0)
+    image = np.full((height, width, 3), 128.0) + rng.normal(0, 4, (height, width, 3))
+    for name, mask in objects.items():
+        image[mask] = np.asarray(colours[name]) + rng.normal(0, 4, (np.count_nonzero(mask), 3))
+    return np.clip(image, 0, 255).astype(np.uint8), objects
+
+
+def _check_regions(regions: list[Region], shape: tuple[int, int]) -> None:
+    assert regions
+    for region in regions:
+        assert region.mask.dtype == bool
+        assert region.mask.shape == shape
+        assert region.mask.any()
+        assert 0.0 <= region.score <= 1.0
+        assert tuple(region.bbox) == bbox_of_mask(region.mask)
+
+
+@pytest.mark.parametrize("downscale", [1.0, 2.0])
+def test_felzenszwalb_recovers_each_object(scene, downscale):
+    image, objects = scene
+    segmenter = build_segmenter(SuperpixelConfig(method="felzenszwalb", downscale=downscale))
+    assert segmenter.name == "superpixel:felzenszwalb"
+    regions = segmenter.segment(image)
+    _check_regions(regions, image.shape[:2])
+    assert all(region.score == 1.0 for region in regions)
+    coverage = np.sum([region.mask for region in regions], axis=0)
+    assert (coverage == 1).all()  # a partition of the image
+    for name, truth in objects.items():
+        best = max(_iou(region.mask, truth) for region in regions)
+        assert best > 0.8, name
+
+
+def test_slic_cells_follow_object_boundaries(scene):
+    image, objects = scene
+    segmenter = build_segmenter(SuperpixelConfig(method="slic", n_segments=40, downscale=1.0))
+    regions = segmenter.segment(image)
+    _check_regions(regions, image.shape[:2])
+    assert 20 <= len(regions) <= 80
+    for name, truth in objects.items():
+        inside = [r.mask for r in regions if np.count_nonzero(r.mask & truth) > r.area / 2]
+        assert _iou(np.any(inside, axis=0), truth) > 0.8, name
+
+
+def test_superpixel_prompts(scene):
+    image, objects = scene
+    segmenter = SuperpixelSegmenter(SuperpixelConfig())
+    red, blue = objects["red_disc"], objects["blue_square"]
+    on_red, on_blue = [40.0, 35.0], [110.0, 80.0]
+
+    one = segmenter.segment_prompted(image, Prompt(np.array([on_red]), np.array([1])))
+    assert _iou(one.mask, red) > 0.8
+    assert one.score == 1.0
+    assert one.bbox == bbox_of_mask(one.mask)
+
+    both = segmenter.segment_prompted(image, Prompt(np.array([on_red, on_blue]), np.array([1, 1])))
+    assert _iou(both.mask, red | blue) > 0.8
+
+    box = segmenter.segment_prompted(image, Prompt(box=(85, 55, 50, 50)))
+    assert _iou(box.mask, blue) > 0.8
+
+    minus = segmenter.segment_prompted(
+        image, Prompt(np.array([on_blue]), np.array([0]), box=(85, 55, 50, 50))
+    )
+    assert minus is None
+
+
+def test_select_regions_on_instance_ids():
+    labels = np.array(
+        [
+            [1, 1, 2, 2, 0],
+            [1, 1, 2, 2, 0],
+            [3, 3, 3, 4, 4],
+        ],
+        np.int32,
+    )
+    fg = Prompt(np.array([[0.5, 0.5], [2.9, 1.2]]), np.array([1, 1]))
+    np.testing.assert_array_equal(select_regions(labels, fg), np.isin(labels, [1, 2]))
+    on_background = Prompt(np.array([[4.0, 0.0]]), np.array([1]))
+    assert not select_regions(labels, on_background).any()
+    # Box over columns 0-2, rows 0-2 holds all of 1 and 3 but only half of 2 (not > 0.5).
+    box = Prompt(box=(0, 0, 3, 3))
+    np.testing.assert_array_equal(select_regions(labels, box), np.isin(labels, [1, 3]))
+    box_minus = Prompt(np.array([[1.0, 2.0]]), np.array([0]), box=(0, 0, 3, 3))
+    np.testing.assert_array_equal(select_regions(labels, box_minus), labels == 1)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "needle"),
+    [
+        (Prompt(np.array([[160.0, 5.0]]), np.array([1])), r"\(160.0, 5.0\)"),
+        (Prompt(np.array([[3.0, -0.5]]), np.array([1])), r"\(3.0, -0.5\)"),
+        (Prompt(np.array([[np.nan, 1.0]]), np.array([1])), r"\(nan, 1.0\)"),
+        (Prompt(np.array([[3.0, 4.0]]), np.array([2])), "point_labels"),
+        (Prompt(np.array([[3.0, 4.0]]), np.array([1, 0])), "point_labels"),
+        (Prompt(np.array([3.0, 4.0]), np.array([1])), "points"),
+        (Prompt(box=(150, 10, 20, 10)), r"box .*\(150, 10, 20, 10\)"),
+        (Prompt(box=(10, 10, 0, 10)), "box"),
+        (Prompt(), "neither"),
+    ],
+)
+def test_bad_prompts_raise(prompt, needle):
+    with pytest.raises(ValueError, match=needle):
+        check_prompt(prompt, 120, 160)
+    image = np.zeros((120, 160, 3), np.uint8)
+    with pytest.raises(ValueError, match=needle):
+        SuperpixelSegmenter(SuperpixelConfig()).segment_prompted(image, prompt)
+
+
+def test_superpixel_rejects_bad_image_and_config():
+    segmenter = SuperpixelSegmenter(SuperpixelConfig())
+    with pytest.raises(ValueError, match=r"\(4, 5\)"):
+        segmenter.segment(np.zeros((4, 5), np.uint8))
+    with pytest.raises(ValueError, match="method"):
+        SuperpixelConfig(method="watershed")
+    with pytest.raises(ValueError, match="downscale"):
+        SuperpixelConfig(downscale=0.5)
+    with pytest.raises(ValueError, match="Sam2Config"):
+        build_segmenter(object())
+
+
+def test_missing_checkpoint_names_the_file(tmp_path):
+    missing = tmp_path / "nowhere" / "sam2.1_hiera_tiny.pt"
+    with pytest.raises(FileNotFoundError, match=r"sam2\.1_hiera_tiny\.pt") as info:
+        build_segmenter(Sam2Config(checkpoint=str(missing)))
+    assert str(missing) in str(info.value)
+    assert "model" in str(info.value)
+
+
+def test_unset_checkpoint_and_bad_model_cfg_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint"):
+        Sam2Segmenter(Sam2Config())
+    checkpoint = tmp_path / "sam2.pt"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"sam2\.1_hiera_t\.yaml"):
+        Sam2Segmenter(Sam2Config(model_cfg="configs/sam9/none.yaml", checkpoint=str(checkpoint)))
+
+
+@pytest.fixture(scope="module")
+def sam2_checkpoint(tmp_path_factory) -> tuple[Path, dict]:
+    """A random-init SAM2.1 hiera-tiny saved in sam2's own checkpoint format."""
+    import torch
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(0)
+    model = build_sam2(SAM2_CFG, ckpt_path=None, device="cpu")
+    path = tmp_path_factory.mktemp("sam2") / "sam2.pt"
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    torch.save({"model": state}, path)
+    return path, state
+
+
+@pytest.fixture(scope="module")
+def sam2_segmenter(sam2_checkpoint) -> Sam2Segmenter:
+    import torch
+
+    torch.manual_seed(1)  # a different random init, so only loading the file gives equal weights
+    config = Sam2Config(
+        model_cfg=SAM2_CFG,
+        checkpoint=str(sam2_checkpoint[0]),
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        device="cpu",
+    )
+    return build_segmenter(config)
+
+
+@pytest.mark.slow
+def test_sam2_loads_weights_from_the_file(sam2_checkpoint, sam2_segmenter):
+    import torch
+
+    _, saved = sam2_checkpoint
+    loaded = sam2_segmenter.model.state_dict()
+    assert loaded.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(loaded[key], value), key
+    assert sam2_segmenter.name == "sam2:sam2.1_hiera_t"
+
+
+@pytest.mark.slow
+def test_sam2_automatic_masks(scene, sam2_segmenter):
+    image = scene[0]
+    regions = sam2_segmenter.segment(image)
+    _check_regions(regions, image.shape[:2])
+
+
+@pytest.mark.slow
+def test_sam2_prompted_matches_sam2_predictor(scene, sam2_segmenter):
+    import torch
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    image = scene[0]
+    reference = SAM2ImagePredictor(sam2_segmenter.model)
+    with torch.inference_mode():
+        reference.set_image(image)
+    prompts = {
+        "point": (Prompt(np.array([[40.0, 35.0]]), np.array([1])), None),
+        "point_and_box": (
+            Prompt(np.array([[110.0, 80.0]]), np.array([1]), box=(85, 55, 50, 50)),
+            np.array([85, 55, 135, 105], np.float32),
+        ),
+    }
+    produced = 0
+    for name, (prompt, xyxy) in prompts.items():
+        region = sam2_segmenter.segment_prompted(image, prompt)
+        with torch.inference_mode():
+            masks, ious, _ = reference.predict(
+                point_coords=prompt.points, point_labels=prompt.point_labels, box=xyxy
+            )
+        expected = masks[int(np.argmax(ious))] > 0.5
+        if not expected.any():
+            assert region is None, name
+            continue
+        produced += 1
+        np.testing.assert_array_equal(region.mask, expected, err_msg=name)
+        assert region.score == pytest.approx(float(np.clip(ious.max(), 0, 1)), abs=1e-6)
+        assert region.bbox == bbox_of_mask(expected)
+    assert produced  # random weights still give non-empty masks; otherwise this checks nothing
+    with pytest.raises(ValueError, match=r"\(500.0, 1.0\)"):
+        sam2_segmenter.segment_prompted(image, Prompt(np.array([[500.0, 1.0]]), np.array([1])))
