@@ -5,7 +5,8 @@ a cached phrase takes under 1/100 of the time that embedding the frame took, bec
 is a table lookup over the stored instance-id image and makes no model call.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_query.py    # the embedded default model
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_query.py --clip-model ViT-B-32 --clip-pretrained FILE
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_query.py \
+        --clip-model ViT-B-32 --clip-pretrained FILE
 """
 
 from __future__ import annotations

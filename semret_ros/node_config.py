@@ -1,0 +1,569 @@
+"""The semret node's ROS parameters: one table of declarations, one validator, one translation.
+
+Every parameter is declared from :data:`PARAMETERS` (so ``ros2 param describe`` shows a
+description and a range for each), checked by :func:`check_values` both at start-up and in the
+node's set-parameters callback (so a bad value is refused with the same reason either way),
+and turned into the core's config dataclasses by :func:`pipeline_config` and
+:func:`runtime_settings`. Defaults come from the core's dataclasses, so the node and the
+offline tools cannot drift apart. ``config/semret.yaml`` lists the same names and defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+)
+from rclpy.exceptions import ParameterException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from semret_ros.core.embedder import ClipConfig
+from semret_ros.core.pipeline import PipelineConfig
+from semret_ros.core.refine import RefineConfig
+from semret_ros.core.scoring import QueryConfig, check_phrases
+from semret_ros.core.segmenters import Sam2Config, SuperpixelConfig
+
+ParamValue = bool | int | float | str | list[str]
+
+_SUPERPIXEL = SuperpixelConfig()
+_SAM2 = Sam2Config()
+_CLIP = ClipConfig()
+_REFINE = RefineConfig()
+_QUERY = QueryConfig()
+
+DEFAULT_VOCABULARY = (
+    "person",
+    "chair",
+    "table",
+    "sofa",
+    "bed",
+    "door",
+    "window",
+    "wall",
+    "floor",
+    "ceiling",
+    "plant",
+    "screen",
+    "keyboard",
+    "cup",
+    "bottle",
+    "box",
+    "bag",
+    "book",
+)
+"""Candidate names for ~/describe when a request brings none; everyday indoor objects."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter. ``read_only`` ones configure models and are fixed at start-up."""
+
+    name: str
+    default: ParamValue
+    description: str
+    read_only: bool = True
+    low: float | None = None
+    """Inclusive lower bound (declared as the descriptor's range together with ``high``)."""
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _spec(name: str, default: ParamValue, description: str, **kwargs: Any) -> ParamSpec:
+    return ParamSpec(name, default, description, **kwargs)
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # ------------------------------------------------------------------ input
+    _spec(
+        "image_transport",
+        "raw",
+        "raw: subscribe sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage "
+        "on `image/compressed` (JPEG/PNG).",
+        choices=("raw", "compressed"),
+    ),
+    _spec(
+        "qos.reliability",
+        "best_effort",
+        "Reliability of the image subscription. best_effort receives from every camera; "
+        "reliable receives nothing from a best_effort (sensor-data) publisher.",
+        choices=("best_effort", "reliable"),
+    ),
+    _spec("qos.depth", 1, "History depth of the image subscription.", low=1, high=100),
+    _spec(
+        "min_period",
+        0.0,
+        "Seconds between the starts of two processed frames (0: as fast as the model allows); "
+        "frames in between are dropped, the newest one is kept.",
+        read_only=False,
+        low=0.0,
+        high=3600.0,
+    ),
+    _spec("store_size", 10, "Processed frames kept in memory for the services.", low=1, high=1000),
+    _spec(
+        "standing_queries",
+        [],
+        "Phrases answered on every processed frame and published on ~/similarity, "
+        "~/similarity/overlay and ~/mask; the best one also labels ~/segments.",
+        read_only=False,
+    ),
+    _spec(
+        "vocabulary",
+        list(DEFAULT_VOCABULARY),
+        "Candidate names ~/describe ranks when a request brings none.",
+        read_only=False,
+    ),
+    _spec("device", "cpu", "Torch device of the models (cpu, cuda, cuda:1) unless set per model."),
+    # -------------------------------------------------------------- segmenter
+    _spec(
+        "segmenter.type",
+        "auto",
+        "auto: sam2 when segmenter.sam2.checkpoint is set, else superpixel.",
+        choices=("auto", "superpixel", "sam2"),
+    ),
+    _spec(
+        "segmenter.superpixel.method",
+        _SUPERPIXEL.method,
+        "felzenszwalb (follows colour edges) or slic (compact cells).",
+        choices=("felzenszwalb", "slic"),
+    ),
+    _spec(
+        "segmenter.superpixel.scale",
+        _SUPERPIXEL.scale,
+        "felzenszwalb: higher prefers larger regions.",
+        low=0.0,
+        high=1e6,
+    ),
+    _spec(
+        "segmenter.superpixel.sigma",
+        _SUPERPIXEL.sigma,
+        "felzenszwalb: Gaussian pre-smoothing width (pixels).",
+        low=0.0,
+        high=100.0,
+    ),
+    _spec(
+        "segmenter.superpixel.min_size",
+        _SUPERPIXEL.min_size,
+        "felzenszwalb: smallest region in pixels.",
+        low=0,
+        high=10_000_000,
+    ),
+    _spec(
+        "segmenter.superpixel.n_segments",
+        _SUPERPIXEL.n_segments,
+        "slic: approximate number of cells.",
+        low=1,
+        high=100_000,
+    ),
+    _spec(
+        "segmenter.superpixel.compactness",
+        _SUPERPIXEL.compactness,
+        "slic: higher gives squarer cells.",
+        low=0.0,
+        high=1e4,
+    ),
+    _spec(
+        "segmenter.superpixel.downscale",
+        _SUPERPIXEL.downscale,
+        "Propose on the image shrunk by this factor (1: full resolution).",
+        low=1.0,
+        high=16.0,
+    ),
+    _spec(
+        "segmenter.sam2.checkpoint",
+        "",
+        "Path of a SAM2 checkpoint file (e.g. sam2.1_hiera_tiny.pt); empty: not configured.",
+    ),
+    _spec(
+        "segmenter.sam2.model_cfg",
+        _SAM2.model_cfg,
+        "SAM2 config name inside the sam2 package; must match the checkpoint.",
+    ),
+    _spec(
+        "segmenter.sam2.points_per_side",
+        _SAM2.points_per_side,
+        "Grid of point prompts per side (cost grows with its square).",
+        low=1,
+        high=128,
+    ),
+    _spec(
+        "segmenter.sam2.points_per_batch",
+        _SAM2.points_per_batch,
+        "Point prompts decoded per batch.",
+        low=1,
+        high=4096,
+    ),
+    _spec(
+        "segmenter.sam2.pred_iou_thresh",
+        _SAM2.pred_iou_thresh,
+        "Drop masks with a lower predicted IoU.",
+        low=0.0,
+        high=1.0,
+    ),
+    _spec(
+        "segmenter.sam2.stability_score_thresh",
+        _SAM2.stability_score_thresh,
+        "Drop masks with a lower stability score.",
+        low=0.0,
+        high=1.0,
+    ),
+    _spec(
+        "segmenter.sam2.box_nms_thresh",
+        _SAM2.box_nms_thresh,
+        "Box IoU above which duplicate masks are suppressed.",
+        low=0.0,
+        high=1.0,
+    ),
+    _spec(
+        "segmenter.sam2.min_mask_region_area",
+        _SAM2.min_mask_region_area,
+        "Remove mask islands and holes smaller than this (pixels; 0: off).",
+        low=0,
+        high=10_000_000,
+    ),
+    # ------------------------------------------------------------------- CLIP
+    _spec(
+        "clip.model",
+        _CLIP.model_name,
+        "open_clip architecture (e.g. ViT-B-16) or local-dir:DIR; shapes_default with an empty "
+        "clip.pretrained is the model shipped in the package.",
+    ),
+    _spec(
+        "clip.pretrained",
+        "",
+        "Weights: a checkpoint file, local-dir:DIR, an open_clip tag in the local Hugging Face "
+        "cache, or random; empty: the shipped model.",
+    ),
+    _spec("clip.device", "", "Torch device of CLIP; empty: `device`."),
+    _spec(
+        "clip.precision",
+        _CLIP.precision,
+        "fp32, bf16, or fp16 (cuda only).",
+        choices=("fp32", "bf16", "fp16"),
+    ),
+    _spec(
+        "clip.visual_prompt",
+        _CLIP.visual_prompt,
+        "How a region is shown to CLIP: masked_crop, blur or bbox_crop.",
+        choices=("masked_crop", "blur", "bbox_crop"),
+    ),
+    _spec(
+        "clip.crop_padding",
+        _CLIP.crop_padding,
+        "Context margin around a region's crop, relative to its longer side.",
+        low=0.0,
+        high=9.99,
+    ),
+    _spec(
+        "clip.region_weight",
+        _CLIP.region_weight,
+        "Weight of the region's own feature in its blended embedding.",
+        low=0.001,
+        high=100.0,
+    ),
+    _spec(
+        "clip.global_weight",
+        _CLIP.global_weight,
+        "Weight of the whole-image feature in each region's embedding (scene context).",
+        low=0.0,
+        high=100.0,
+    ),
+    _spec("clip.batch_size", _CLIP.batch_size, "Region crops per encoder pass.", low=1, high=4096),
+    _spec(
+        "clip.allow_download",
+        _CLIP.allow_download,
+        "Let open_clip download a tag's weights (robots are usually offline).",
+    ),
+    # ----------------------------------------------------------------- refine
+    _spec(
+        "refine.min_area",
+        _REFINE.min_area,
+        "Regions smaller than this (pixels) are dropped.",
+        read_only=False,
+        low=0,
+        high=10_000_000,
+    ),
+    _spec(
+        "refine.merge_threshold",
+        _REFINE.merge_threshold,
+        "Touching regions whose embeddings' cosine exceeds this are merged (> 1: never).",
+        read_only=False,
+        low=0.01,
+        high=2.0,
+    ),
+    # ------------------------------------------------------------------ query
+    _spec(
+        "query.mode",
+        _QUERY.mode,
+        "contrastive: relevance against query.negatives (LERF); cosine: raw similarity.",
+        read_only=False,
+        choices=("contrastive", "cosine"),
+    ),
+    _spec(
+        "query.negatives",
+        list(_QUERY.negatives),
+        "Generic phrases a match must beat (requests may bring their own).",
+        read_only=False,
+    ),
+    _spec(
+        "query.threshold",
+        _QUERY.threshold,
+        "Relevance a region needs to count as a match (requests with threshold 0 use it).",
+        read_only=False,
+        low=0.0,
+        high=1.0,
+    ),
+    _spec(
+        "query.max_results",
+        _QUERY.max_results,
+        "Most matches per query (0: no limit; requests with 0 use it).",
+        read_only=False,
+        low=0,
+        high=100_000,
+    ),
+    _spec(
+        "query.contrast_scale",
+        _QUERY.contrast_scale,
+        "Factor on the cosines before the contrastive softmax.",
+        read_only=False,
+        low=0.01,
+        high=1000.0,
+    ),
+)
+
+SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+
+_TYPES: dict[type, int] = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+    list: ParameterType.PARAMETER_STRING_ARRAY,
+}
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ROS descriptor: type, description, range, and read-only for model settings."""
+    text = spec.description
+    if spec.choices:
+        text += f" One of: {', '.join(spec.choices)}."
+    if spec.read_only:
+        text += " Read-only: set it at start-up (restart to change)."
+    result = ParameterDescriptor(
+        name=spec.name,
+        type=_TYPES[type(spec.default)],
+        description=text,
+        read_only=spec.read_only,
+    )
+    if spec.low is not None and spec.high is not None:
+        if isinstance(spec.default, float):
+            result.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))
+            ]
+        else:
+            result.integer_range = [
+                IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)
+            ]
+    return result
+
+
+def declare(node: Node) -> dict[str, ParamValue]:
+    """Declare every parameter on ``node`` and return the start-up values.
+
+    Raises:
+        ValueError: a value given at start-up (params file, ``-p``) has the wrong type or is
+            out of range; the message names the parameter.
+    """
+    for spec in PARAMETERS:
+        # An empty list has no ROS type of its own, so it is declared by type, and a params
+        # file that says `[]` leaves it unset: both become an explicit empty list.
+        default = (
+            Parameter.Type.STRING_ARRAY
+            if isinstance(spec.default, list) and not spec.default
+            else spec.default
+        )
+        try:
+            declared = node.declare_parameter(spec.name, default, descriptor(spec))
+        except ParameterException as error:
+            raise ValueError(f"parameter {spec.name}: {error}") from error
+        if declared.type_ == Parameter.Type.NOT_SET:
+            node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])])
+    return current_values(node)
+
+
+def current_values(node: Node, overrides: Sequence[Parameter] = ()) -> dict[str, ParamValue]:
+    """Values of all declared parameters, with ``overrides`` (a pending set) applied."""
+    values = {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
+    values.update({parameter.name: parameter.value for parameter in overrides})
+    for spec in PARAMETERS:
+        if isinstance(spec.default, list):
+            values[spec.name] = list(values[spec.name] or [])
+    return values
+
+
+def check_values(values: Mapping[str, ParamValue]) -> None:
+    """Refuse values the descriptors cannot express (choices, phrase lists, NaN, combinations).
+
+    Raises:
+        ValueError: naming the first bad parameter and what it accepts.
+    """
+    for spec in PARAMETERS:
+        value = values[spec.name]
+        if value is None:
+            raise ValueError(f"{spec.name}: cannot be unset")
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f"{spec.name}: expected one of {list(spec.choices)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{spec.name}: expected a finite number, got {value!r}")
+        if spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
+            raise ValueError(f"{spec.name}: expected a value in [{spec.low}, {spec.high}]")
+        if isinstance(spec.default, list) and value:
+            try:
+                check_phrases(spec.name, value)
+            except ValueError as error:
+                raise ValueError(str(error)) from None
+    runtime_settings(values)
+
+
+def _device(values: Mapping[str, ParamValue], name: str) -> str:
+    return str(values[name] or values["device"])
+
+
+def segmenter_type(values: Mapping[str, ParamValue]) -> str:
+    """``superpixel`` or ``sam2``; ``auto`` picks sam2 exactly when a checkpoint is configured."""
+    kind = str(values["segmenter.type"])
+    if kind == "auto":
+        return "sam2" if values["segmenter.sam2.checkpoint"] else "superpixel"
+    return kind
+
+
+def missing_model_file(values: Mapping[str, ParamValue]) -> str | None:
+    """The one-line start-up error for a configured model file that does not exist, or None.
+
+    Only the SAM2 checkpoint is checked here, before anything slow is loaded; CLIP's sources
+    (files, folders, cache tags) are resolved by its loader, whose FileNotFoundError the node
+    reports against ``clip.pretrained`` / ``clip.model``.
+    """
+    checkpoint = str(values["segmenter.sam2.checkpoint"])
+    if segmenter_type(values) == "sam2":
+        if not checkpoint:
+            return "segmenter.sam2.checkpoint: segmenter.type is sam2 but no checkpoint is set"
+        if not Path(checkpoint).expanduser().is_file():
+            return f"segmenter.sam2.checkpoint: file not found: {checkpoint}"
+    return None
+
+
+def _built(prefix: str, build: Any, **kwargs: Any) -> Any:
+    """Construct a core config; its ValueError (which names the field) gets the group prefix."""
+    try:
+        return build(**kwargs)
+    except ValueError as error:
+        raise ValueError(f"{prefix}.{error}") from None
+
+
+def pipeline_config(values: Mapping[str, ParamValue]) -> PipelineConfig:
+    """The core's configuration for these parameter values.
+
+    Raises:
+        ValueError: naming the parameter group and field.
+    """
+    segmenter: SuperpixelConfig | Sam2Config
+    if segmenter_type(values) == "sam2":
+        segmenter = _built(
+            "segmenter.sam2",
+            Sam2Config,
+            model_cfg=str(values["segmenter.sam2.model_cfg"]),
+            checkpoint=str(Path(str(values["segmenter.sam2.checkpoint"])).expanduser()),
+            points_per_side=int(values["segmenter.sam2.points_per_side"]),
+            points_per_batch=int(values["segmenter.sam2.points_per_batch"]),
+            pred_iou_thresh=float(values["segmenter.sam2.pred_iou_thresh"]),
+            stability_score_thresh=float(values["segmenter.sam2.stability_score_thresh"]),
+            box_nms_thresh=float(values["segmenter.sam2.box_nms_thresh"]),
+            min_mask_region_area=int(values["segmenter.sam2.min_mask_region_area"]),
+            device=str(values["device"]),
+        )
+    else:
+        segmenter = _built(
+            "segmenter.superpixel",
+            SuperpixelConfig,
+            method=str(values["segmenter.superpixel.method"]),
+            scale=float(values["segmenter.superpixel.scale"]),
+            sigma=float(values["segmenter.superpixel.sigma"]),
+            min_size=int(values["segmenter.superpixel.min_size"]),
+            n_segments=int(values["segmenter.superpixel.n_segments"]),
+            compactness=float(values["segmenter.superpixel.compactness"]),
+            downscale=float(values["segmenter.superpixel.downscale"]),
+        )
+    model = str(values["clip.model"])
+    pretrained: str | None = str(values["clip.pretrained"]) or None
+    if pretrained is None and model == _CLIP.model_name:
+        pretrained = _CLIP.pretrained
+    clip = _built(
+        "clip",
+        ClipConfig,
+        model_name=model,
+        pretrained=pretrained,
+        device=_device(values, "clip.device"),
+        precision=str(values["clip.precision"]),
+        visual_prompt=str(values["clip.visual_prompt"]),
+        crop_padding=float(values["clip.crop_padding"]),
+        region_weight=float(values["clip.region_weight"]),
+        global_weight=float(values["clip.global_weight"]),
+        batch_size=int(values["clip.batch_size"]),
+        allow_download=bool(values["clip.allow_download"]),
+    )
+    settings = runtime_settings(values)
+    return PipelineConfig(
+        segmenter=segmenter,
+        clip=clip,
+        refine=settings.refine,
+        query=settings.query,
+        vocabulary=settings.vocabulary,
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What may change while the node runs; replaced as a whole, never mutated."""
+
+    min_period: float
+    standing_queries: tuple[str, ...]
+    vocabulary: tuple[str, ...]
+    refine: RefineConfig
+    query: QueryConfig
+
+
+def runtime_settings(values: Mapping[str, ParamValue]) -> RuntimeSettings:
+    """The run-time-settable part of the configuration.
+
+    Raises:
+        ValueError: naming the parameter (e.g. contrastive mode with no negatives).
+    """
+    return RuntimeSettings(
+        min_period=float(values["min_period"]),
+        standing_queries=tuple(values["standing_queries"]),
+        vocabulary=tuple(values["vocabulary"]),
+        refine=_built(
+            "refine",
+            RefineConfig,
+            min_area=int(values["refine.min_area"]),
+            merge_threshold=float(values["refine.merge_threshold"]),
+        ),
+        query=_built(
+            "query",
+            QueryConfig,
+            mode=str(values["query.mode"]),
+            negatives=tuple(values["query.negatives"]),
+            threshold=float(values["query.threshold"]),
+            max_results=int(values["query.max_results"]),
+            contrast_scale=float(values["query.contrast_scale"]),
+        ),
+    )

@@ -1,0 +1,234 @@
+"""semret-query: ask a running semret node a question from the shell (ros2cli is not on PyPI).
+
+    semret-query "the red mug"                  # ~/query: matches as a table
+    semret-query "the red mug" --save out/      # + similarity.png and mask.png
+    semret-query --label chair table floor      # ~/label
+    semret-query --describe 320 240 --box 300 200 60 80   # ~/describe at a point / in a box
+
+Exit status: 0 answered, 1 the node answered success=false (its message is printed),
+2 bad arguments, 3 no service or no answer within --timeout.
+
+Client authors: use :data:`SERVICE_QOS` (KEEP_ALL history). With the default service QoS
+(KEEP_LAST 10) a client process that has many calls in flight can lose responses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from geometry_msgs.msg import Point
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
+from sensor_msgs.msg import RegionOfInterest
+
+from semret_ros.conversions import image_to_numpy
+from semret_ros.core import viz
+from semret_ros.dds import apply_default_dds_profile
+from semret_ros.msg import Segment
+from semret_ros.srv import Describe, Label, Query
+
+SERVICE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_ALL,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+"""QoS of semret's services, for the node and its clients.
+
+KEEP_ALL keeps every request and response until delivered: with KEEP_LAST 10 (the ROS
+default) a burst of concurrent calls overwrites unsent responses and those callers wait forever.
+"""
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semret-query",
+        description="Call a running semret node's ~/query, ~/label or ~/describe service.",
+    )
+    parser.add_argument("text", nargs="?", help="phrase to find (calls ~/query)")
+    parser.add_argument(
+        "--label", nargs="+", metavar="LABEL", help="label the frame with these names"
+    )
+    parser.add_argument(
+        "--describe",
+        nargs="+",
+        type=float,
+        metavar="X Y",
+        help="pixel point(s) x y [x y ...] on the object to describe",
+    )
+    parser.add_argument(
+        "--point-labels",
+        nargs="+",
+        type=int,
+        metavar="L",
+        help="--describe: 1 foreground / 0 background per point (default: all 1)",
+    )
+    parser.add_argument(
+        "--box", nargs=4, type=int, metavar=("X", "Y", "W", "H"), help="--describe box"
+    )
+    parser.add_argument(
+        "--vocabulary", nargs="+", help="--describe: names to rank (default: the node's)"
+    )
+    parser.add_argument("--negatives", nargs="+", help="query: contrast phrases")
+    parser.add_argument(
+        "--threshold", type=float, default=0.0, help="relevance threshold (0: node default)"
+    )
+    parser.add_argument(
+        "--max-results", type=int, default=0, help="query: most matches (0: node default)"
+    )
+    parser.add_argument(
+        "--node", default="/semret", help="the node's fully qualified name (default /semret)"
+    )
+    parser.add_argument("--save", type=Path, metavar="DIR", help="write the answer's PNGs here")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the service and answer"
+    )
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Which service the arguments ask for; exits with usage errors otherwise."""
+    wanted = [
+        name
+        for name, given in (
+            ("query", args.text is not None),
+            ("label", args.label is not None),
+            ("describe", args.describe is not None or args.box is not None),
+        )
+        if given
+    ]
+    if len(wanted) != 1:
+        parser.error("give exactly one of: TEXT, --label ..., --describe X Y / --box X Y W H")
+    if args.describe is not None and len(args.describe) % 2:
+        parser.error("--describe takes pairs of pixel coordinates: X Y [X Y ...]")
+    if args.point_labels is not None and len(args.point_labels) * 2 != len(args.describe or []):
+        parser.error("--point-labels needs one value per --describe point")
+    if not args.node.startswith("/"):
+        args.node = "/" + args.node
+    return wanted[0]
+
+
+def _request(kind: str, args: argparse.Namespace) -> tuple[type, Any]:
+    if kind == "query":
+        request = Query.Request(
+            text=args.text,
+            negatives=args.negatives or [],
+            threshold=args.threshold,
+            max_results=args.max_results,
+        )
+        return Query, request
+    if kind == "label":
+        return Label, Label.Request(labels=args.label, threshold=args.threshold)
+    coords = args.describe or []
+    points = [Point(x=coords[i], y=coords[i + 1]) for i in range(0, len(coords), 2)]
+    box = RegionOfInterest()
+    if args.box is not None:
+        x, y, width, height = args.box
+        box = RegionOfInterest(x_offset=x, y_offset=y, width=width, height=height)
+    request = Describe.Request(
+        points=points,
+        point_labels=args.point_labels or [],
+        box=box,
+        vocabulary=args.vocabulary or [],
+    )
+    return Describe, request
+
+
+def call(
+    node: Node, srv_type: type, name: str, request: Any, timeout: float
+) -> tuple[Any | None, str]:
+    """Call a semret service with :data:`SERVICE_QOS`; (response, "") or (None, why not)."""
+    client = node.create_client(srv_type, name, qos_profile=SERVICE_QOS)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout):
+            return None, (
+                f"service {name} is not available after {timeout:g} s: is semret_node running, "
+                "with the same ROS_DOMAIN_ID and node name?"
+            )
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
+        if not future.done():
+            return None, f"no answer from {name} within {timeout:g} s"
+        return future.result(), ""
+    finally:
+        node.destroy_client(client)
+
+
+def _segments_table(segments: Sequence[Segment]) -> str:
+    lines = [f"{'id':>4}  {'score':>6}  {'area':>7}  bbox (x, y, w, h)"]
+    for segment in segments:
+        box = segment.bbox
+        lines.append(
+            f"{segment.id:>4}  {segment.score:6.3f}  {segment.area:>7}  "
+            f"({box.x_offset}, {box.y_offset}, {box.width}, {box.height})"
+        )
+    return "\n".join(lines)
+
+
+def _ranked_table(names: Sequence[str], scores: Sequence[float]) -> str:
+    width = max([5, *(len(name) for name in names)])
+    lines = [f"{'label':<{width}}  score"]
+    lines += [f"{name:<{width}}  {score:.3f}" for name, score in zip(names, scores, strict=True)]
+    return "\n".join(lines)
+
+
+def _report(kind: str, args: argparse.Namespace, response: Any) -> str:
+    """The table to print; writes the PNGs when ``--save`` is given."""
+    stamp = response.header.stamp
+    frame = f"frame {response.header.frame_id!r} at {stamp.sec}.{stamp.nanosec:09d}"
+    head = f"{response.message} ({frame})"
+    if kind == "query":
+        text = (
+            f"{head}\nthreshold {response.threshold_used:.3f}\n{_segments_table(response.matches)}"
+        )
+        images = {
+            "similarity.png": viz.colorize(image_to_numpy(response.similarity)),
+            "mask.png": image_to_numpy(response.mask),
+        }
+    elif kind == "label":
+        text = f"{head}\nthreshold {response.threshold_used:.3f}\n" + _ranked_table(
+            args.label, list(response.scores)
+        )
+        images = {"label_overlay.png": image_to_numpy(response.overlay)}
+    else:
+        text = f"{head}\n{_ranked_table(list(response.labels), list(response.scores))}"
+        images = {"mask.png": image_to_numpy(response.mask)}
+    if args.save is not None:
+        written = [str(viz.save_png(args.save / name, image)) for name, image in images.items()]
+        text += "\nwrote " + ", ".join(written)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``semret-query``; returns the exit status."""
+    apply_default_dds_profile()
+    argv = list(sys.argv if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(remove_ros_args(argv)[1:])
+    kind = _check_args(parser, args)
+    srv_type, request = _request(kind, args)
+    rclpy.init(args=argv)
+    node = rclpy.create_node("semret_query")
+    try:
+        response, error = call(node, srv_type, f"{args.node}/{kind}", request, args.timeout)
+        if response is None:
+            print(f"semret-query: {error}", file=sys.stderr)
+            return EXIT_TIMEOUT
+        if not response.success:
+            print(f"semret-query: {kind} failed: {response.message}", file=sys.stderr)
+            return EXIT_FAILED
+        print(_report(kind, args, response))
+        return EXIT_OK
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return EXIT_TIMEOUT
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
