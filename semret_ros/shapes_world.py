@@ -88,6 +88,21 @@ SHAPE_TEMPLATES: tuple[str, ...] = (
     "a picture of the {shape}",
 )
 
+BACKGROUND_TEMPLATES: tuple[str, ...] = (
+    "background",
+    "the background",
+    "texture",
+    "stuff",
+    "the floor",
+    "a patterned surface",
+    "an empty area",
+    "the edge of something",
+)
+"""Captions of background regions. Superpixels and SAM2 also propose regions that are no
+object (floor patches, thin ribbons along object edges); a model that never saw one cannot
+tell a query's object from them, and contrastive negatives such as "stuff" and "texture" mean
+nothing to it."""
+
 CaptionKind = Literal["full", "color", "shape"]
 ComboSet = Literal["seen", "held_out", "all"]
 _BACKGROUNDS = ("noise", "stripes", "checkers", "gradient")
@@ -543,3 +558,57 @@ def _scene_with_target(
         if v.any()
     )
     return Scene(image=image, objects=objects, seed=seed, hard=hard)
+
+
+def sample_background_crop(
+    seed: int | np.random.Generator | tuple[int, ...],
+    scene_size: int = 160,
+    hard_prob: float = 0.5,
+    padding: tuple[float, float] = (0.05, 0.2),
+) -> np.ndarray:
+    """A crop of a region that is no object, cut as the embedder cuts regions.
+
+    Half are ribbons along an object's outline (the thin superpixels felzenszwalb leaves at
+    blurred edges, whose masked crops look like outlines of shapes), half are background
+    patches between objects. Scenes use seen combos only.
+    """
+    from semret_ros.core.visual_prompt import crop_region
+
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    color, shape = SEEN_COMBOS[int(rng.integers(len(SEEN_COMBOS)))]
+    hard = bool(rng.random() < hard_prob)
+    scene = _scene_with_target(
+        int(rng.integers(2**62)),
+        scene_size,
+        color,
+        shape,
+        np.array(COLORS[color], np.float32),
+        int(rng.integers(1, 4)),
+        hard,
+    )
+    covered = np.zeros((scene_size, scene_size), bool)
+    for obj in scene.objects:
+        covered |= obj.mask
+    if rng.random() < 0.5:
+        target = scene.objects[int(rng.integers(len(scene.objects)))].mask.astype(np.uint8)
+        k = int(rng.integers(2, 6))
+        ribbon = cv2.dilate(target, np.ones((k, k), np.uint8)) > 0
+        ribbon &= cv2.erode(target, np.ones((2, 2), np.uint8)) == 0
+        ys, xs = np.nonzero(ribbon)
+        theta = rng.uniform(0, 2 * np.pi)
+        proj = xs * np.cos(theta) + ys * np.sin(theta)
+        keep = proj >= np.quantile(proj, rng.uniform(0.0, 0.6))
+        mask = np.zeros_like(ribbon)
+        mask[ys[keep], xs[keep]] = True
+    else:
+        free = ~cv2.dilate(covered.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        ys, xs = np.nonzero(free)
+        j = int(rng.integers(len(ys)))
+        blob = np.zeros((scene_size, scene_size), np.uint8)
+        axes = tuple(int(a) for a in rng.uniform(0.08, 0.3, 2) * scene_size)
+        cv2.ellipse(blob, (int(xs[j]), int(ys[j])), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+        mask = blob.astype(bool) & free
+        if not mask.any():
+            mask = free
+    pad = float(rng.uniform(*padding))
+    return crop_region(scene.image, mask, mode="masked_crop", padding=pad)

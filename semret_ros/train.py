@@ -52,6 +52,8 @@ PREPROCESS_CFG: dict = {
 CHECKPOINT_NAME = "checkpoint.pt"
 WILDCARD = -1
 OFF_PALETTE_SHARE = 0.6
+BACKGROUND_SHARE = 0.12
+"""Share of samples that are background regions captioned "background", "texture", ..."""
 """Share of shape-only samples whose object is painted in an unnamed colour."""
 """A caption key entry that matches any image value (a colour-only caption has no shape)."""
 
@@ -85,6 +87,12 @@ class ShapesDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         rng = np.random.default_rng((self.seed, index))
+        if rng.random() < BACKGROUND_SHARE:
+            crop = sw.sample_background_crop(rng)
+            text = sw.BACKGROUND_TEMPLATES[int(rng.integers(len(sw.BACKGROUND_TEMPLATES)))]
+            # Indices past every colour and shape: no object caption describes a background.
+            key = (len(sw.COLORS) + 1, len(sw.SHAPES))
+            return Sample(self.preprocess(Image.fromarray(crop)), text, key, key)
         kind = sw.random_caption_kind(rng)
         off_palette = kind == "shape" and rng.random() < OFF_PALETTE_SHARE
         crop = sw.sample_crop(rng, which="seen", off_palette=off_palette)

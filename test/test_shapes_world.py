@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
 from semret_ros import shapes_world as sw
-from semret_ros.train import ShapesDataset
+from semret_ros.train import ShapesDataset, positives
 
 
 def _identity(x):
@@ -129,3 +130,25 @@ def test_off_palette_objects_have_no_colour_name_and_only_shape_captions():
         sw.random_caption(rng, None, sample.shape, "full")
     text, kind = sw.random_caption(rng, None, sample.shape, "shape")
     assert kind == "shape" and sample.shape in text
+
+
+def test_background_crops_are_deterministic_square_and_mostly_fill():
+    a, b = sw.sample_background_crop(5), sw.sample_background_crop(5)
+    assert np.array_equal(a, b)
+    for seed in range(8):
+        crop = sw.sample_background_crop(seed)
+        assert crop.dtype == np.uint8 and crop.ndim == 3 and crop.shape[0] == crop.shape[1]
+
+
+def test_background_samples_match_no_object_caption():
+    dataset = ShapesDataset(seed=1, length=200, preprocess=_identity)
+    samples = [dataset[i] for i in range(200)]
+    background = [s for s in samples if s.caption in sw.BACKGROUND_TEMPLATES]
+    objects = [s for s in samples if s.caption not in sw.BACKGROUND_TEMPLATES]
+    assert background and objects, "the dataset mixes background and object samples"
+    image_keys = torch.tensor([s.image_key for s in background + objects])
+    caption_keys = torch.tensor([s.caption_key for s in background + objects])
+    pos = positives(image_keys, caption_keys)
+    nb = len(background)
+    assert pos[:nb, :nb].all(), "background captions describe every background region"
+    assert not pos[:nb, nb:].any() and not pos[nb:, :nb].any()

@@ -39,6 +39,7 @@ from open_clip.push_to_hf_hub import save_config_for_hf
 from PIL import Image
 from safetensors.torch import save_file
 
+from semret_ros.core.image import check_image
 from semret_ros.core.visual_prompt import VISUAL_PROMPTS, crop_region
 
 LOGGER = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ class ClipEmbedder:
 
         Row i belongs to the pixels where ``instance_ids == i + 1``.
         """
-        _check_image(image)
+        image = check_image(image)
         if instance_ids.shape != image.shape[:2]:
             raise ValueError(
                 f"instance_ids shape {instance_ids.shape} does not match image {image.shape[:2]}"
@@ -380,7 +381,7 @@ class ClipEmbedder:
         global_embedding: np.ndarray | None = None,
     ) -> np.ndarray:
         """(N, D) features of the given masks; blended with ``global_embedding`` if given."""
-        _check_image(image)
+        image = check_image(image)
         features = self._encode_crops(self._crops(image, masks))
         if global_embedding is None:
             return features
@@ -507,11 +508,6 @@ class ClipEmbedder:
         """One image and one text pass, so the first real frame is not the slow one."""
         self._encode_crops([np.zeros((32, 32, 3), np.uint8)])
         self._encode_phrases(["object"])
-
-
-def _check_image(image: np.ndarray) -> None:
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
-        raise ValueError(f"image must be HxWx3 uint8 RGB, got shape {image.shape} {image.dtype}")
 
 
 def _finite(features: np.ndarray, which: str) -> np.ndarray:

@@ -158,6 +158,32 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return weights / weights.sum(axis=1, keepdims=True)
 
 
+def _candidates_and_negatives(
+    name: str,
+    count: int,
+    candidate_embeddings: np.ndarray,
+    negative_embeddings: np.ndarray | None,
+    dim: int,
+) -> np.ndarray:
+    """Candidate rows stacked over negative rows: the phrases one softmax runs over.
+
+    A softmax over a single phrase is identically 1 (the seed's mistake), so one candidate
+    without a negative is refused rather than reported as a perfect match.
+    """
+    candidates = _as_rows(f"{name}_embeddings", candidate_embeddings, dim)
+    if candidates.shape[0] != count:
+        raise ValueError(
+            f"{name}_embeddings: expected {count} rows (one per {name}), got {candidates.shape[0]}"
+        )
+    negatives = _as_rows("negative_embeddings", negative_embeddings, dim)
+    if candidates.shape[0] + negatives.shape[0] < 2:
+        raise ValueError(
+            f"negative_embeddings: a single {name} needs at least one negative "
+            "(a softmax over a single phrase is identically 1)"
+        )
+    return np.vstack([candidates, negatives])
+
+
 def _phrase_probabilities(
     embeddings: np.ndarray, phrases: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -319,22 +345,10 @@ def label_frame(
     check_scale(scale)
     regions = _as_rows("embeddings", frame.embeddings, None)
     dim = regions.shape[1]
-    label_rows = _as_rows("label_embeddings", label_embeddings, dim)
-    if label_rows.shape[0] != len(labels):
-        raise ValueError(
-            f"label_embeddings: expected {len(labels)} rows (one per label), "
-            f"got {label_rows.shape[0]}"
-        )
-    negative_rows = _as_rows("negative_embeddings", negative_embeddings, dim)
-    if label_rows.shape[0] + negative_rows.shape[0] < 2:
-        raise ValueError(
-            "negative_embeddings: one label needs at least one negative "
-            "(a softmax over a single phrase is identically 1)"
-        )
-
-    probabilities, valid = _phrase_probabilities(
-        regions, np.vstack([label_rows, negative_rows]), scale
+    phrase_rows = _candidates_and_negatives(
+        "label", len(labels), label_embeddings, negative_embeddings, dim
     )
+    probabilities, valid = _phrase_probabilities(regions, phrase_rows, scale)
     num_labels = len(labels)
     relevance = probabilities[:, :num_labels].astype(np.float32)
     winner = probabilities.argmax(axis=1)
@@ -370,21 +384,10 @@ def rank_vocabulary(
     if vector.ndim != 1:
         raise ValueError(f"embedding: expected shape (D,), got {vector.shape}")
     dim = vector.shape[0]
-    vocabulary_rows = _as_rows("vocabulary_embeddings", vocabulary_embeddings, dim)
-    if vocabulary_rows.shape[0] != len(vocabulary):
-        raise ValueError(
-            f"vocabulary_embeddings: expected {len(vocabulary)} rows (one per phrase), "
-            f"got {vocabulary_rows.shape[0]}"
-        )
-    negative_rows = _as_rows("negative_embeddings", negative_embeddings, dim)
-    if vocabulary_rows.shape[0] + negative_rows.shape[0] < 2:
-        raise ValueError(
-            "negative_embeddings: a one-phrase vocabulary needs at least one negative "
-            "(a softmax over a single phrase is identically 1)"
-        )
-    probabilities, _ = _phrase_probabilities(
-        vector[None, :], np.vstack([vocabulary_rows, negative_rows]), scale
+    phrase_rows = _candidates_and_negatives(
+        "vocabulary", len(vocabulary), vocabulary_embeddings, negative_embeddings, dim
     )
+    probabilities, _ = _phrase_probabilities(vector[None, :], phrase_rows, scale)
     scores = probabilities[0, : len(vocabulary)]
     order = np.argsort(-scores, kind="stable")
     return [vocabulary[i] for i in order], scores[order].astype(np.float32)
