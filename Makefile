@@ -18,8 +18,8 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 # `make model` re-trains the shipped default model from its seed (see its MODEL_CARD.md).
 MODEL_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
-  --output semret_ros/models/shapes_default --steps 400 --batch-size 128 --lr 1e-3 \
-  --warmup 40 --seed 0 --workers 1 --threads 1 --eval-every 100 --eval-crops 200 --fp16
+  --output semret_ros/models/shapes_default --steps 800 --batch-size 128 --lr 1e-3 \
+  --warmup 40 --seed 0 --workers 1 --threads 1 --eval-every 200 --eval-crops 200 --fp16
 DEMO_ARGS ?=
 
 # ament_index (share dirs, the installed interfaces) and CMake find everything in the venv.

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import rclpy
 from geometry_msgs.msg import Point
+from rclpy.client import Client
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -46,7 +47,7 @@ from semret_ros.dds import apply_default_dds_profile
 from semret_ros.evaluate import HIT_IOU, hit_at_1, query_phrase
 from semret_ros.msg import SemanticFrame as SemanticFrameMsg
 from semret_ros.play import camera_qos, rgb_to_image
-from semret_ros.query_client import call
+from semret_ros.query_client import SERVICE_QOS, call
 from semret_ros.shapes_world import ALL_COMBOS, Scene, SceneObject, generate_scene
 from semret_ros.srv import Describe, Label, Query
 
@@ -222,6 +223,7 @@ class Demo:
         self.scenes = scenes
         self.output = output
         self.timeout = timeout
+        self.clients: dict[str, Client] = {}
         self.camera = node.create_publisher(Image, CAMERA_TOPIC, camera_qos("best_effort", 1))
         self.instance_ids: dict[int, np.ndarray] = {}
         """Stamp (ns) -> instance-id image of every processed frame."""
@@ -278,8 +280,15 @@ class Demo:
         raise RuntimeError(f"no ~/segments for scene {index} within {self.timeout:g} s")
 
     def _call(self, srv_type: type, service: str, request: Any) -> tuple[Any | None, float, str]:
+        """Call through one kept client per service, so the latency is the round trip alone."""
+        name = f"{NODE}/{service}"
+        if name not in self.clients:
+            self.clients[name] = self.node.create_client(srv_type, name, qos_profile=SERVICE_QOS)
+            self.clients[name].wait_for_service(timeout_sec=self.timeout)
         started = time.perf_counter()
-        response, error = call(self.node, srv_type, f"{NODE}/{service}", request, self.timeout)
+        response, error = call(
+            self.node, srv_type, name, request, self.timeout, client=self.clients[name]
+        )
         latency_ms = (time.perf_counter() - started) * 1000.0
         if response is not None and not response.success:
             response, error = None, f"{service} failed: {response.message}"

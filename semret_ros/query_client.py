@@ -22,6 +22,7 @@ from typing import Any
 
 import rclpy
 from geometry_msgs.msg import Point
+from rclpy.client import Client
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -143,10 +144,21 @@ def _request(kind: str, args: argparse.Namespace) -> tuple[type, Any]:
 
 
 def call(
-    node: Node, srv_type: type, name: str, request: Any, timeout: float
+    node: Node,
+    srv_type: type,
+    name: str,
+    request: Any,
+    timeout: float,
+    client: Client | None = None,
 ) -> tuple[Any | None, str]:
-    """Call a semret service with :data:`SERVICE_QOS`; (response, "") or (None, why not)."""
-    client = node.create_client(srv_type, name, qos_profile=SERVICE_QOS)
+    """Call a semret service with :data:`SERVICE_QOS`; (response, "") or (None, why not).
+
+    Pass a ``client`` (made with :data:`SERVICE_QOS`) to reuse it: a new client must first be
+    discovered by the server, which costs more than the call itself on repeated requests.
+    """
+    own_client = client is None
+    if client is None:
+        client = node.create_client(srv_type, name, qos_profile=SERVICE_QOS)
     try:
         if not client.wait_for_service(timeout_sec=timeout):
             return None, (
@@ -159,7 +171,8 @@ def call(
             return None, f"no answer from {name} within {timeout:g} s"
         return future.result(), ""
     finally:
-        node.destroy_client(client)
+        if own_client:
+            node.destroy_client(client)
 
 
 def _segments_table(segments: Sequence[Segment]) -> str:
