@@ -13,6 +13,7 @@ import open_clip
 import pytest
 import torch
 from huggingface_hub import try_to_load_from_cache
+from PIL import Image
 
 from semret_ros.core.embedder import (
     RANDOM_WEIGHTS,
@@ -319,3 +320,11 @@ def test_warmup_runs_both_encoders(tiny_clip_config):
     embedder = ClipEmbedder(tiny_clip_config)
     embedder.warmup()
     assert (embedder.image_encoder_calls, embedder.text_encoder_calls) == (1, 1)
+
+
+def test_batched_preprocess_is_identical_to_the_models_own_per_crop_transform(tiny_embedder):
+    rng = np.random.default_rng(3)
+    crops = [rng.integers(0, 256, (n, n, 3), dtype=np.uint8) for n in (7, 64, 130)]
+    batch = tiny_embedder.preprocess_batch(crops)
+    one_by_one = torch.stack([tiny_embedder.preprocess(Image.fromarray(c)) for c in crops])
+    assert torch.equal(batch, one_by_one)

@@ -38,6 +38,7 @@ from open_clip.factory import load_state_dict
 from open_clip.push_to_hf_hub import save_config_for_hf
 from PIL import Image
 from safetensors.torch import save_file
+from torchvision.transforms import Compose, Normalize, ToTensor
 
 from semret_ros.core.image import check_image
 from semret_ros.core.visual_prompt import VISUAL_PROMPTS, crop_region
@@ -428,9 +429,23 @@ class ClipEmbedder:
     def preprocess_batch(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         """(M, 3, S, S) float32 CPU tensor of crops through the model's own eval preprocess.
 
-        The model's transform, not a faster re-implementation, so features match what
-        open_clip (and training) computes for the same crop.
+        The model's own transform, so features match what open_clip (and training) computes
+        for the same crop. Its usual tail (to-tensor, then normalize) is elementwise, so it
+        runs once on the stacked batch instead of once per crop, with identical numbers.
         """
+        transforms = getattr(self.preprocess, "transforms", ())
+        if (
+            len(transforms) >= 2
+            and isinstance(transforms[-2], ToTensor)
+            and isinstance(transforms[-1], Normalize)
+        ):
+            resize = Compose(transforms[:-2])
+            pixels = np.stack([np.asarray(resize(Image.fromarray(crop))) for crop in crops])
+            if pixels.ndim == 4 and pixels.dtype == np.uint8:
+                batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+                mean = torch.as_tensor(transforms[-1].mean, dtype=batch.dtype).view(1, -1, 1, 1)
+                std = torch.as_tensor(transforms[-1].std, dtype=batch.dtype).view(1, -1, 1, 1)
+                return batch.sub(mean).div(std)
         return torch.stack([self.preprocess(Image.fromarray(crop)) for crop in crops])
 
     def _blend(self, regions: np.ndarray, global_feature: np.ndarray) -> np.ndarray:
