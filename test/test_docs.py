@@ -35,6 +35,14 @@ def test_readme_documents_interface(name):
     assert f"`{name}`" in README
 
 
+def test_readme_core_api_example_runs(tmp_path, monkeypatch):
+    """The example users copy first must run as printed (it writes answer.png)."""
+    example = README.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    assert (tmp_path / "answer.png").stat().st_size > 0
+
+
 def test_readme_names_the_two_commands_first():
     first_section = README.split("\n## ")[1]
     assert "make demo" in first_section and "make test" in first_section
