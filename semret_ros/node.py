@@ -378,9 +378,17 @@ class SemretNode(Node):
             self._publish_query(frame, result)
 
     def _publish_query(
-        self, frame: SemanticFrame, result: QueryResult, images: tuple[Image, Image] | None = None
+        self,
+        frame: SemanticFrame,
+        result: QueryResult,
+        images: tuple[Image, Image] | None = None,
+        overlay: Image | None = None,
     ) -> None:
-        """Publish one answer on ~/similarity, ~/similarity/overlay and ~/mask."""
+        """Publish one answer on ~/similarity, ~/similarity/overlay and ~/mask.
+
+        ``images`` and ``overlay`` are the messages a service response already holds, reused
+        rather than converted (or drawn) twice.
+        """
         header = make_header(frame.stamp_ns, frame.frame_id)
         similarity, mask = images or (
             numpy_to_image(result.similarity, "32FC1", header),
@@ -389,8 +397,10 @@ class SemretNode(Node):
         self._similarity_pub.publish(similarity)
         self._mask_pub.publish(mask)
         if self._similarity_overlay_pub.get_subscription_count():
-            overlay = viz.heatmap_overlay(frame.image, result.similarity)
-            self._similarity_overlay_pub.publish(numpy_to_image(overlay, "rgb8", header))
+            if overlay is None:
+                drawn = viz.heatmap_overlay(frame.image, result.similarity)
+                overlay = numpy_to_image(drawn, "rgb8", header)
+            self._similarity_overlay_pub.publish(overlay)
 
     def stop(self) -> None:
         """Stop the worker after the frame it is processing (if any)."""
@@ -459,7 +469,13 @@ class SemretNode(Node):
             response.matches = matches_to_segments(result.matches)
             response.threshold_used = result.threshold
             response.message = f"{len(result.matches)} match(es) for {request.text!r}"
-            self._publish_query(frame, result, (response.similarity, response.mask))
+            overlay = None
+            if request.want_overlay:
+                overlay = numpy_to_image(
+                    viz.heatmap_overlay(frame.image, result.similarity), "rgb8", response.header
+                )
+                response.overlay = overlay
+            self._publish_query(frame, result, (response.similarity, response.mask), overlay)
 
         return self._answer(response, answer)
 

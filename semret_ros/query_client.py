@@ -1,7 +1,7 @@
 """semret-query: ask a running semret node a question from the shell (ros2cli is not on PyPI).
 
     semret-query "the red mug"                  # ~/query: matches as a table
-    semret-query "the red mug" --save out/      # + similarity.png and mask.png
+    semret-query "the red mug" --save out/      # + similarity(_overlay).png and mask.png
     semret-query --label chair table floor      # ~/label
     semret-query --describe 320 240 --box 300 200 60 80   # ~/describe at a point / in a box
 
@@ -124,6 +124,7 @@ def _request(kind: str, args: argparse.Namespace) -> tuple[type, Any]:
             negatives=args.negatives or [],
             threshold=args.threshold,
             max_results=args.max_results,
+            want_overlay=args.save is not None,
         )
         return Query, request
     if kind == "label":
@@ -204,6 +205,7 @@ def _report(kind: str, args: argparse.Namespace, response: Any) -> str:
         )
         images = {
             "similarity.png": viz.colorize(image_to_numpy(response.similarity)),
+            "similarity_overlay.png": image_to_numpy(response.overlay),
             "mask.png": image_to_numpy(response.mask),
         }
     elif kind == "label":

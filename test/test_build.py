@@ -48,6 +48,7 @@ COMMANDS = ("semret_node", "semret-query", "semret-train", "semret-eval", "semre
                 "negatives": "sequence<string>",
                 "threshold": "float",
                 "max_results": "uint32",
+                "want_overlay": "boolean",
             },
         ),
         (
@@ -60,6 +61,7 @@ COMMANDS = ("semret_node", "semret-query", "semret-train", "semret-eval", "semre
                 "mask": "sensor_msgs/Image",
                 "matches": "sequence<semret_ros/Segment>",
                 "threshold_used": "float",
+                "overlay": "sensor_msgs/Image",
             },
         ),
         (Label.Request, {"labels": "sequence<string>", "threshold": "float"}),

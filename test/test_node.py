@@ -275,9 +275,14 @@ def test_query_answers_from_the_newest_frame(graph, camera, frames, stamps):
     assert all(response.threshold_used <= s <= 1.0 for s in scores)
     assert len(scores) <= 10
 
-    low = query(graph, "a red box", threshold=0.05, max_results=2)
+    assert response.overlay.width == 0, "the overlay is sent only when asked for"
+
+    low = query(graph, "a red box", threshold=0.05, max_results=2, want_overlay=True)
     assert low.success and low.threshold_used == pytest.approx(0.05)
     assert len(low.matches) <= 2
+    overlay = low.overlay
+    assert (overlay.encoding, overlay.width, overlay.height) == ("rgb8", WIDTH, HEIGHT)
+    assert stamp_of(overlay) == stamp
     # Published for RViz too, with the camera header.
     wait_until(lambda: any(stamp_of(m) == stamp for m in similarities), WAIT_S, "~/similarity")
     wait_until(lambda: any(stamp_of(m) == stamp for m in masks), WAIT_S, "~/mask")
@@ -580,7 +585,9 @@ def test_semret_query_command(camera, frames, stamps, ros_env, tmp_path):  # noq
     found = run("a red box", "--threshold", "0.05", "--save", str(tmp_path / "q"))
     assert found.returncode == 0, found.stderr
     assert "bbox (x, y, w, h)" in found.stdout and FRAME_ID in found.stdout
-    assert {p.name for p in (tmp_path / "q").iterdir()} == {"similarity.png", "mask.png"}
+    written = {p.name for p in (tmp_path / "q").iterdir()}
+    assert written == {"similarity.png", "similarity_overlay.png", "mask.png"}
+    assert cv2.imread(str(tmp_path / "q" / "similarity_overlay.png")).shape == (HEIGHT, WIDTH, 3)
     assert cv2.imread(str(tmp_path / "q" / "mask.png")).shape[:2] == (HEIGHT, WIDTH)
 
     labelled = run("--label", "red box", "green bar", "--save", str(tmp_path / "l"))
