@@ -49,8 +49,15 @@ COLOR_ENCODINGS: dict[str, str] = {
 
 
 def header_to_stamp(header: Header) -> tuple[int, str]:
-    """(stamp in nanoseconds, frame_id): the header as the core's records keep it."""
-    return header.stamp.sec * _NS_PER_S + header.stamp.nanosec, header.frame_id
+    """(stamp in nanoseconds, frame_id): the header as the core's records keep it.
+
+    Raises:
+        ValueError: a negative time or nanoseconds >= 1e9, which no output header could carry.
+    """
+    sec, nanosec = header.stamp.sec, header.stamp.nanosec
+    if sec < 0 or not 0 <= nanosec < _NS_PER_S:
+        raise ValueError(f"invalid header stamp sec={sec} nanosec={nanosec}")
+    return sec * _NS_PER_S + nanosec, header.frame_id
 
 
 def make_header(stamp_ns: int, frame_id: str) -> Header:

@@ -253,7 +253,9 @@ class SemretNode(Node):
         self.create_service(SetBool, "~/enable", self._on_enable, qos_profile=SERVICE_QOS)
         self.create_timer(GRAPH_CHECK_PERIOD_S, self._check_publishers)
 
-        self._worker = threading.Thread(target=self._run_worker, name="semret-worker")
+        # A daemon, so a frame still in the models (SAM2 on a CPU can take a minute) cannot keep
+        # the process alive after shutdown; stop() waits for it a bounded time first.
+        self._worker = threading.Thread(target=self._run_worker, name="semret-worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
             f"ready: subscribed to {self._image_topic} [{self._image_type_name}] with QoS "
@@ -273,9 +275,16 @@ class SemretNode(Node):
             else:
                 name = "clip.pretrained" if values["clip.pretrained"] else "clip.model"
             raise StartupError(f"model file missing: {name} = {values[name]!r}: {error}") from None
-        except (ValueError, ImportError) as error:
-            raise StartupError(f"cannot load the models: {error}") from None
-        pipeline.embedder.warmup()
+        except Exception as error:  # a corrupt file, a wrong architecture: one clear line
+            raise StartupError(
+                f"cannot load the models ({type(error).__name__}): {error}; check "
+                f"clip.model = {values['clip.model']!r}, clip.pretrained = "
+                f"{values['clip.pretrained']!r} and the segmenter.* parameters"
+            ) from None
+        try:
+            pipeline.embedder.warmup()
+        except Exception as error:
+            raise StartupError(f"the CLIP model fails on a warm-up image: {error}") from None
         return pipeline
 
     # ------------------------------------------------------------------ parameters
@@ -353,15 +362,20 @@ class SemretNode(Node):
             self._last_start = time.monotonic()
             try:
                 frame = self._pipeline.process(camera.rgb, camera.stamp_ns, camera.frame_id)
+                segments = self._segments_message(frame)
                 self._store.add(frame)
-                self._publish_frame(frame)
+                self._publish_frame(frame, segments)
             except Exception as error:  # one bad frame must not stop the robot
                 self._warn(f"processing failed: {type(error).__name__}: {error}")
 
-    def _publish_frame(self, frame: SemanticFrame) -> None:
-        settings = self._settings
-        header = make_header(frame.stamp_ns, frame.frame_id)
-        results = [self._pipeline.query(frame, phrase) for phrase in settings.standing_queries]
+    def _segments_message(self, frame: SemanticFrame) -> tuple[SemanticFrameMsg, list[QueryResult]]:
+        """~/segments for a frame, labelled by the standing queries it answers.
+
+        Built before the frame is stored, so a frame whose outputs cannot be encoded is
+        never served by the services either.
+        """
+        phrases = self._settings.standing_queries
+        results = [self._pipeline.query(frame, phrase) for phrase in phrases]
         labels = None
         if results and frame.num_regions:
             relevance = np.stack([result.relevance for result in results])
@@ -370,7 +384,14 @@ class SemretNode(Node):
                 results[q].text if relevance[q, i] >= results[q].threshold else ""
                 for i, q in enumerate(best)
             ]
-        self._segments_pub.publish(semantic_frame_to_msg(frame, labels))
+        return semantic_frame_to_msg(frame, labels), results
+
+    def _publish_frame(
+        self, frame: SemanticFrame, segments: tuple[SemanticFrameMsg, list[QueryResult]]
+    ) -> None:
+        header = make_header(frame.stamp_ns, frame.frame_id)
+        message, results = segments
+        self._segments_pub.publish(message)
         if self._segments_overlay_pub.get_subscription_count():
             overlay = viz.instance_overlay(frame.image, frame.instance_ids)
             self._segments_overlay_pub.publish(numpy_to_image(overlay, "rgb8", header))
@@ -435,8 +456,8 @@ class SemretNode(Node):
                     f"{self._image_topic}, none usable so far (see the node's log)"
                 )
             return response
-        response.header = make_header(frame.stamp_ns, frame.frame_id)
         try:
+            response.header = make_header(frame.stamp_ns, frame.frame_id)
             answer(frame)
         except ValueError as error:
             response.success = False
@@ -526,10 +547,10 @@ def main(args: Sequence[str] | None = None) -> int:
     apply_default_dds_profile()
     rclpy.init(args=args)
     node: SemretNode | None = None
+    # Room for the image callback, timers and several concurrent service calls.
+    executor = MultiThreadedExecutor(num_threads=max(4, os.cpu_count() or 1))
     try:
         node = SemretNode()
-        # Room for the image callback, timers and several concurrent service calls.
-        executor = MultiThreadedExecutor(num_threads=max(4, os.cpu_count() or 1))
         executor.add_node(node)
         executor.spin()
     except StartupError as error:

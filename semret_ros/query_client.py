@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rclpy
 from geometry_msgs.msg import Point
 from rclpy.client import Client
@@ -112,6 +113,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> st
         parser.error("--describe takes pairs of pixel coordinates: X Y [X Y ...]")
     if args.point_labels is not None and len(args.point_labels) * 2 != len(args.describe or []):
         parser.error("--point-labels needs one value per --describe point")
+    if args.box is not None and min(args.box) < 0:
+        parser.error("--box X Y W H takes pixel values >= 0")
     if not args.node.startswith("/"):
         args.node = "/" + args.node
     return wanted[0]
@@ -194,6 +197,19 @@ def _ranked_table(names: Sequence[str], scores: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+def _response_images(kind: str, response: Any) -> dict[str, np.ndarray]:
+    """The PNGs ``--save`` writes for an answer (a Query asks for its overlay only then)."""
+    if kind == "query":
+        return {
+            "similarity.png": viz.colorize(image_to_numpy(response.similarity)),
+            "similarity_overlay.png": image_to_numpy(response.overlay),
+            "mask.png": image_to_numpy(response.mask),
+        }
+    if kind == "label":
+        return {"label_overlay.png": image_to_numpy(response.overlay)}
+    return {"mask.png": image_to_numpy(response.mask)}
+
+
 def _report(kind: str, args: argparse.Namespace, response: Any) -> str:
     """The table to print; writes the PNGs when ``--save`` is given."""
     stamp = response.header.stamp
@@ -203,20 +219,14 @@ def _report(kind: str, args: argparse.Namespace, response: Any) -> str:
         text = (
             f"{head}\nthreshold {response.threshold_used:.3f}\n{_segments_table(response.matches)}"
         )
-        images = {
-            "similarity.png": viz.colorize(image_to_numpy(response.similarity)),
-            "similarity_overlay.png": image_to_numpy(response.overlay),
-            "mask.png": image_to_numpy(response.mask),
-        }
     elif kind == "label":
         text = f"{head}\nthreshold {response.threshold_used:.3f}\n" + _ranked_table(
             args.label, list(response.scores)
         )
-        images = {"label_overlay.png": image_to_numpy(response.overlay)}
     else:
         text = f"{head}\n{_ranked_table(list(response.labels), list(response.scores))}"
-        images = {"mask.png": image_to_numpy(response.mask)}
     if args.save is not None:
+        images = _response_images(kind, response)
         written = [str(viz.save_png(args.save / name, image)) for name, image in images.items()]
         text += "\nwrote " + ", ".join(written)
     return text

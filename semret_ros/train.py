@@ -51,11 +51,11 @@ PREPROCESS_CFG: dict = {
 
 CHECKPOINT_NAME = "checkpoint.pt"
 WILDCARD = -1
+"""A caption key entry that matches any image value (a colour-only caption has no shape)."""
 OFF_PALETTE_SHARE = 0.6
+"""Share of shape-only samples whose object is painted in an unnamed colour."""
 BACKGROUND_SHARE = 0.12
 """Share of samples that are background regions captioned "background", "texture", ..."""
-"""Share of shape-only samples whose object is painted in an unnamed colour."""
-"""A caption key entry that matches any image value (a colour-only caption has no shape)."""
 
 
 # ---------------------------------------------------------------------------------------------

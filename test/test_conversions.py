@@ -313,3 +313,11 @@ def test_matches_become_segments_best_first():
     assert (segments[0].bbox.x_offset, segments[0].bbox.height) == (1, 4)
     with pytest.raises(ValueError, match="non-finite"):
         matches_to_segments([Match(id=1, score=float("nan"), bbox=(0, 0, 1, 1), area=1)])
+
+
+@pytest.mark.parametrize(("sec", "nanosec"), [(-1, 0), (0, 1_000_000_000)])
+def test_header_with_an_impossible_stamp_is_refused(sec, nanosec):
+    header = Header(frame_id="cam")
+    header.stamp.sec, header.stamp.nanosec = sec, nanosec
+    with pytest.raises(ValueError, match="invalid header stamp"):
+        header_to_stamp(header)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 
 import numpy as np
 import open_clip
@@ -328,3 +329,26 @@ def test_batched_preprocess_is_identical_to_the_models_own_per_crop_transform(ti
     batch = tiny_embedder.preprocess_batch(crops)
     one_by_one = torch.stack([tiny_embedder.preprocess(Image.fromarray(c)) for c in crops])
     assert torch.equal(batch, one_by_one)
+
+
+def test_text_cache_eviction_by_another_thread_never_loses_a_phrase(tiny_clip_config):
+    """Two threads embedding phrases through a cache smaller than their vocabulary."""
+    embedder = ClipEmbedder(dataclasses.replace(tiny_clip_config, text_cache_size=2))
+    errors: list[BaseException] = []
+
+    def work(words: list[str]) -> None:
+        try:
+            for _ in range(30):
+                assert embedder.embed_text(words).shape == (len(words), embedder.embedding_dim)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=work, args=(["red cube", "blue ball", "green cone"],)),
+        threading.Thread(target=work, args=(["door", "chair", "red cube"],)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors

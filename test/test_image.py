@@ -91,7 +91,12 @@ def test_unknown_color_order_is_named():
 def test_check_image_accepts_rgb_and_rejects_others():
     rgb = _rgb()
     assert check_image(rgb) is rgb
-    for bad in (np.zeros((4, 5), np.uint8), np.zeros((4, 5, 3), np.float64), np.zeros((0, 5, 3))):
+    bads = (
+        np.zeros((4, 5), np.uint8),
+        np.zeros((4, 5, 3), np.float64),
+        np.zeros((0, 5, 3), np.uint8),
+    )
+    for bad in bads:
         with pytest.raises(ValueError, match=r"shape \(") as info:
             check_image(bad)
         assert str(bad.dtype) in str(info.value)

@@ -369,15 +369,20 @@ def _bad_frames(stamp: int) -> dict[str, tuple[Image, str]]:
     short = image_msg(scene(), "rgb8", stamp)
     short.data = bytes(good.data)[: len(good.data) // 2]
     empty = Image(height=0, width=0, encoding="rgb8", step=0, header=good.header)
+    negative = image_msg(scene(), "rgb8", stamp)
+    negative.header.stamp.sec = -5
     return {
         "bayer": (bayer, "bayer_rggb8"),
         "depth on the colour topic": (depth, "16UC1"),
         "short data": (short, "step * height"),
         "0x0": (empty, "empty"),
+        "negative stamp": (negative, "invalid header stamp"),
     }
 
 
-@pytest.mark.parametrize("kind", ["bayer", "depth on the colour topic", "short data", "0x0"])
+@pytest.mark.parametrize(
+    "kind", ["bayer", "depth on the colour topic", "short data", "0x0", "negative stamp"]
+)
 def test_malformed_frames_are_logged_skipped_and_lose_nothing(
     graph, camera, frames, stamps, semret, kind
 ):
@@ -581,6 +586,10 @@ def test_semret_query_command(camera, frames, stamps, ros_env, tmp_path):  # noq
         return subprocess.run(
             [command, *args], env=ros_env, capture_output=True, text=True, timeout=60
         )
+
+    plain = run("a red box")
+    assert plain.returncode == 0, plain.stderr
+    assert "bbox (x, y, w, h)" in plain.stdout
 
     found = run("a red box", "--threshold", "0.05", "--save", str(tmp_path / "q"))
     assert found.returncode == 0, found.stderr

@@ -33,6 +33,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F  # noqa: N812
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from open_clip.factory import load_state_dict
 from open_clip.push_to_hf_hub import save_config_for_hf
@@ -137,7 +138,9 @@ def load_clip(
     _check_device_precision(device, precision)
     if not allow_download:
         # Fail fast instead of ~50 s of retries in anything that reaches for the hub later.
+        # huggingface_hub reads the variable once at import, so its constant is set as well.
         os.environ["HF_HUB_OFFLINE"] = "1"
+        hf_constants.HF_HUB_OFFLINE = True
     source = _resolve_source(model_name, pretrained, allow_download)
     with _RandomInitWarningMuted(active=source.checkpoint is not None):
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -462,23 +465,26 @@ class ClipEmbedder:
         for index, key in enumerate(keys):
             if not key:
                 raise ValueError(f"phrases[{index}] is empty or whitespace: {phrases[index]!r}")
+        # Features are collected in a local dict: another thread may evict a cached phrase
+        # between these locked sections, so rows are never read back from the cache.
+        found: dict[str, np.ndarray] = {}
         with self._lock:
-            missing = [k for k in dict.fromkeys(keys) if k not in self._text_cache]
+            for key in dict.fromkeys(keys):
+                if key in self._text_cache:
+                    self._text_cache.move_to_end(key)
+                    found[key] = self._text_cache[key]
+        missing = [key for key in dict.fromkeys(keys) if key not in found]
         if missing:
             encoded = self._encode_phrases(missing)
+            found.update(zip(missing, encoded, strict=True))
             with self._lock:
-                for key, feature in zip(missing, encoded, strict=True):
-                    self._text_cache[key] = feature
-        with self._lock:
-            rows = []
-            for key in keys:
-                self._text_cache.move_to_end(key)
-                rows.append(self._text_cache[key])
-            while len(self._text_cache) > self.config.text_cache_size:
-                self._text_cache.popitem(last=False)
-        if not rows:
+                for key in missing:
+                    self._text_cache[key] = found[key]
+                while len(self._text_cache) > self.config.text_cache_size:
+                    self._text_cache.popitem(last=False)
+        if not keys:
             return np.zeros((0, self.embedding_dim), np.float32)
-        return np.stack(rows)
+        return np.stack([found[key] for key in keys])
 
     def _encode_phrases(self, phrases: Sequence[str]) -> np.ndarray:
         """Mean of each phrase's template features, renormalized (CLIP's prompt ensembling)."""

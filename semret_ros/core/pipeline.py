@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from semret_ros.core.embedder import ClipConfig, ClipEmbedder
-from semret_ros.core.image import to_rgb
+from semret_ros.core.image import check_image
 from semret_ros.core.records import (
     DescribeResult,
     LabelResult,
@@ -89,14 +89,17 @@ class SemanticPipeline:
         self.vocabulary = tuple(vocabulary)
 
     def process(self, image: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> SemanticFrame:
-        """Segment, refine and embed one RGB frame.
+        """Segment, refine and embed one RGB frame (HxWx3 uint8, see ``image.to_rgb``).
+
+        The frame record keeps ``image`` itself, not a copy: hand over an array nobody
+        modifies afterwards (``to_rgb`` always returns a fresh one).
 
         Proposals become one non-overlapping id image first (see ``assign_pixels``), so each
         pixel belongs to exactly one embedded region; touching regions whose embeddings are
         near-identical are then merged, which undoes over-segmentation without another
         encoder call.
         """
-        image = to_rgb(image, "rgb")
+        image = check_image(image)
         regions = self.segmenter.segment(image)
         instance_ids, sources = assign_pixels_with_sources(
             regions, self.refine.min_area, shape=image.shape[:2]
@@ -125,11 +128,13 @@ class SemanticPipeline:
         )
 
     def _negative_embeddings(self, negatives: Sequence[str] | None) -> np.ndarray | None:
-        phrases = self.query_config.negatives if negatives is None else tuple(negatives)
-        if not phrases:
-            return None
-        check_phrases("negatives", phrases)
-        return self.embedder.embed_text(phrases)
+        if negatives is None:  # the configured ones, validated by QueryConfig
+            phrases = self.query_config.negatives
+        else:
+            phrases = tuple(negatives)
+            if phrases:
+                check_phrases("negatives", phrases)
+        return self.embedder.embed_text(phrases) if phrases else None
 
     def query(
         self,

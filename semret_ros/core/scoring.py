@@ -119,9 +119,11 @@ def check_phrases(name: str, phrases: Sequence[str]) -> None:
     for phrase in phrases:
         if not isinstance(phrase, str) or not phrase.strip():
             raise ValueError(f"{name}: phrases must be non-empty strings, got {phrase!r}")
-        if phrase in seen:
+        # Compared as the embedder caches them: "red  cube" and "red cube" are one phrase.
+        key = " ".join(phrase.split())
+        if key in seen:
             raise ValueError(f"{name}: duplicate phrase {phrase!r}")
-        seen.add(phrase)
+        seen.add(key)
 
 
 def _as_rows(name: str, array: np.ndarray | None, dim: int | None) -> np.ndarray:
