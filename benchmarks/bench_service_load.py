@@ -40,7 +40,7 @@ def run_client(qos_name: str, calls: int, start_at: float, timeout: float) -> di
     from rclpy.qos import qos_profile_services_default
     from semret_ros.srv import Query
 
-    from semret_ros.query_client import SERVICE_QOS
+    from semret_ros.qos import SERVICE_QOS
 
     rclpy.init()
     node = rclpy.create_node(f"bench_client_{os.getpid()}")

@@ -46,8 +46,9 @@ from semret_ros.core.metrics import iou
 from semret_ros.dds import apply_default_dds_profile
 from semret_ros.evaluate import HIT_IOU, hit_at_1, query_phrase
 from semret_ros.msg import SemanticFrame as SemanticFrameMsg
-from semret_ros.play import camera_qos, rgb_to_image
-from semret_ros.query_client import SERVICE_QOS, call
+from semret_ros.play import rgb_to_image
+from semret_ros.qos import SERVICE_QOS, camera_qos
+from semret_ros.query_client import call
 from semret_ros.shapes_world import ALL_COMBOS, Scene, SceneObject, generate_scene
 from semret_ros.srv import Describe, Label, Query
 

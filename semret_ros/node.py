@@ -30,11 +30,8 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
     QoSCompatibility,
     QoSProfile,
-    ReliabilityPolicy,
     qos_check_compatible,
 )
 from sensor_msgs.msg import CompressedImage, Image
@@ -58,7 +55,7 @@ from semret_ros.core.records import Prompt, QueryResult, SemanticFrame
 from semret_ros.core.store import FrameStore
 from semret_ros.dds import apply_default_dds_profile
 from semret_ros.msg import SemanticFrame as SemanticFrameMsg
-from semret_ros.query_client import SERVICE_QOS
+from semret_ros.qos import OUTPUT_QOS, SERVICE_QOS, camera_qos
 from semret_ros.srv import Describe, Label, Query
 
 NODE_NAME = "semret"
@@ -66,13 +63,6 @@ LOG_THROTTLE_S = 5.0
 """At most one log line per kind of bad frame (or processing error) in this many seconds."""
 GRAPH_CHECK_PERIOD_S = 2.0
 WORKER_JOIN_TIMEOUT_S = 30.0
-OUTPUT_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=2,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
-"""Outputs are RELIABLE: that reaches RELIABLE subscribers (RViz's default) and BEST_EFFORT ones."""
 
 
 class StartupError(RuntimeError):
@@ -213,14 +203,7 @@ class SemretNode(Node):
         self._mask_pub = self.create_publisher(Image, "~/mask", OUTPUT_QOS)
 
         # Input: its own group, so decoding never waits behind a service or a timer.
-        self._image_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=int(values["qos.depth"]),
-            reliability=ReliabilityPolicy.BEST_EFFORT
-            if values["qos.reliability"] == "best_effort"
-            else ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.VOLATILE,
-        )
+        self._image_qos = camera_qos(values["qos.reliability"], int(values["qos.depth"]))
         compressed = values["image_transport"] == "compressed"
         self._image_type = CompressedImage if compressed else Image
         self._decode = compressed_image_to_array if compressed else camera_image_to_array

@@ -28,7 +28,6 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
@@ -36,6 +35,7 @@ from std_msgs.msg import Header
 
 from semret_ros.conversions import compressed_image_to_array, make_header, numpy_to_image
 from semret_ros.dds import PROFILE_ENV, apply_default_dds_profile, default_profile_path
+from semret_ros.qos import camera_qos
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -210,19 +210,6 @@ def open_source(args: argparse.Namespace) -> Source:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise SourceError(f"{path}: a single image; pass the folder that holds it")
     return VideoFile(path)
-
-
-def camera_qos(reliability: str, depth: int) -> QoSProfile:
-    """A camera publisher QoS: KEEP_LAST ``depth``, BEST_EFFORT (like drivers) or RELIABLE."""
-    policy = {
-        "best_effort": ReliabilityPolicy.BEST_EFFORT,
-        "reliable": ReliabilityPolicy.RELIABLE,
-    }.get(reliability)
-    if policy is None:
-        raise ValueError(f"reliability must be best_effort or reliable, got {reliability!r}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy)
 
 
 def rgb_to_image(rgb: np.ndarray, encoding: str, header: Header) -> Image:

@@ -26,7 +26,6 @@ from geometry_msgs.msg import Point
 from rclpy.client import Client
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import RegionOfInterest
 
@@ -34,18 +33,8 @@ from semret_ros.conversions import image_to_numpy
 from semret_ros.core import viz
 from semret_ros.dds import apply_default_dds_profile
 from semret_ros.msg import Segment
+from semret_ros.qos import SERVICE_QOS
 from semret_ros.srv import Describe, Label, Query
-
-SERVICE_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_ALL,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
-"""QoS of semret's services, for the node and its clients.
-
-KEEP_ALL keeps every request and response until delivered: with KEEP_LAST 10 (the ROS
-default) a burst of concurrent calls overwrites unsent responses and those callers wait forever.
-"""
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 

@@ -22,7 +22,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile
 
-from semret_ros.query_client import SERVICE_QOS
+from semret_ros.qos import SERVICE_QOS
 
 VENV_BIN = Path(sys.executable).parent
 
