@@ -514,12 +514,8 @@ def _prompt(request: Describe.Request) -> Prompt:
     """The core's prompt for a Describe request (pixel x, y points; width-0 box = none)."""
     points = np.array([[p.x, p.y] for p in request.points], np.float32).reshape(-1, 2)
     labels = np.asarray(request.point_labels, np.int32)
-    if labels.size == 0:
+    if labels.size == 0:  # the srv's default: every point is foreground (the core checks the rest)
         labels = np.ones(points.shape[0], np.int32)
-    elif labels.size != points.shape[0]:
-        raise ValueError(
-            f"point_labels: expected {points.shape[0]} values (one per point), got {labels.size}"
-        )
     box = request.box
     bbox = None if box.width == 0 else (box.x_offset, box.y_offset, box.width, box.height)
     return Prompt(points=points, point_labels=labels, box=bbox)

@@ -41,7 +41,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchvision.transforms import Compose, Normalize, ToTensor
 
-from semret_ros.core.image import check_image
+from semret_ros.core.image import check_image, check_instance_ids
 from semret_ros.core.visual_prompt import VISUAL_PROMPTS, crop_region
 
 LOGGER = logging.getLogger(__name__)
@@ -363,17 +363,13 @@ class ClipEmbedder:
         Row i belongs to the pixels where ``instance_ids == i + 1``.
         """
         image = check_image(image)
+        if num_regions < 0:
+            raise ValueError(f"num_regions must be >= 0, got {num_regions}")
+        instance_ids = check_instance_ids(instance_ids, num_regions)
         if instance_ids.shape != image.shape[:2]:
             raise ValueError(
                 f"instance_ids shape {instance_ids.shape} does not match image {image.shape[:2]}"
             )
-        if num_regions < 0:
-            raise ValueError(f"num_regions must be >= 0, got {num_regions}")
-        if not np.issubdtype(instance_ids.dtype, np.integer):
-            raise ValueError(f"instance_ids must be an integer image, got {instance_ids.dtype}")
-        low, high = int(instance_ids.min()), int(instance_ids.max())
-        if low < 0 or high > num_regions:
-            raise ValueError(f"instance_ids values [{low}, {high}] outside [0, {num_regions}]")
         masks = [instance_ids == k for k in range(1, num_regions + 1)]
         features = self._encode_crops([self._global_view(image), *self._crops(image, masks)])
         return self._blend(features[1:], features[0]), features[0]

@@ -69,3 +69,25 @@ def check_image(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
         raise ValueError(f"image must be a non-empty HxWx3 uint8 RGB array, got {_describe(image)}")
     return image
+
+
+def check_instance_ids(instance_ids: np.ndarray, num_regions: int) -> np.ndarray:
+    """Validate an instance-id image (0 = no region, 1..N = regions) and return it as an array.
+
+    Refinement, embedding and scoring all index per-region tables with these ids; one check
+    keeps an out-of-range id from silently reading another region's row.
+
+    Raises:
+        ValueError: not an HxW integer array, or values outside 0..num_regions.
+    """
+    ids = np.asarray(instance_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            f"instance_ids: expected an HxW integer image, got shape {ids.shape} dtype {ids.dtype}"
+        )
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) > num_regions):
+        raise ValueError(
+            f"instance_ids: values {int(ids.min())}..{int(ids.max())} lie outside "
+            f"0..{num_regions} ({num_regions} regions)"
+        )
+    return ids

@@ -42,7 +42,6 @@ from semret_ros.core.segmenters import (
     SuperpixelConfig,
     SuperpixelSegmenter,
     build_segmenter,
-    check_prompt,
     select_regions,
 )
 
@@ -190,7 +189,6 @@ class SemanticPipeline:
         if not words:
             raise ValueError("vocabulary is empty: pass candidate names or configure a default")
         check_phrases("vocabulary", words)
-        check_prompt(prompt, frame.height, frame.width)
         if isinstance(self.segmenter, SuperpixelSegmenter):
             mask = select_regions(frame.instance_ids, prompt)
         else:

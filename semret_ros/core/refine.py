@@ -15,6 +15,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from semret_ros.core.image import check_instance_ids
 from semret_ros.core.records import Region
 
 
@@ -113,19 +114,6 @@ def assign_pixels(
     return assign_pixels_with_sources(regions, min_area, shape=shape)[0]
 
 
-def _check_ids(instance_ids: np.ndarray, num_regions: int) -> np.ndarray:
-    ids = np.asarray(instance_ids)
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(
-            f"instance_ids must be an HxW integer array, got shape {ids.shape} dtype {ids.dtype}"
-        )
-    if ids.size and (ids.min() < 0 or ids.max() > num_regions):
-        raise ValueError(
-            f"instance_ids values must lie in 0..{num_regions}, got {ids.min()}..{ids.max()}"
-        )
-    return ids
-
-
 def region_stats(instance_ids: np.ndarray, num_regions: int) -> tuple[np.ndarray, np.ndarray]:
     """Boxes and pixel counts of regions 1..N in one pass each over the image.
 
@@ -135,7 +123,7 @@ def region_stats(instance_ids: np.ndarray, num_regions: int) -> tuple[np.ndarray
     """
     if num_regions < 0:
         raise ValueError(f"num_regions must be >= 0, got {num_regions!r}")
-    ids = _check_ids(instance_ids, num_regions)
+    ids = check_instance_ids(instance_ids, num_regions)
     areas = np.bincount(ids.ravel().astype(np.int64), minlength=num_regions + 1)[1:]
     bboxes = np.zeros((num_regions, 4), dtype=np.int32)
     if num_regions:
@@ -192,7 +180,7 @@ def merge_similar_regions(
     if not np.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold!r}")
     num = embeddings.shape[0]
-    ids = _check_ids(instance_ids, num)
+    ids = check_instance_ids(instance_ids, num)
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     if num and norms.min() == 0:
         raise ValueError("embeddings contain an all-zero row")

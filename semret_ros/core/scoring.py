@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semret_ros.core.image import check_instance_ids
 from semret_ros.core.records import LabelResult, Match, QueryResult, SemanticFrame
 
 MODES = ("contrastive", "cosine")
@@ -246,23 +247,9 @@ def region_relevance(
     return relevance.astype(np.float32)
 
 
-def _check_instance_ids(instance_ids: np.ndarray, num_regions: int) -> np.ndarray:
-    ids = np.asarray(instance_ids)
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(
-            f"instance_ids: expected an HxW integer image, got {ids.dtype} {ids.shape}"
-        )
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) > num_regions):
-        raise ValueError(
-            f"instance_ids: values must be in [0, {num_regions}] for {num_regions} regions, "
-            f"got [{int(ids.min())}, {int(ids.max())}]"
-        )
-    return ids
-
-
 def _lookup(instance_ids: np.ndarray, per_region: np.ndarray, background: object) -> np.ndarray:
     """Paint per-region values into an HxW image by indexing a (N+1,) table with the ids."""
-    ids = _check_instance_ids(instance_ids, per_region.shape[0])
+    ids = check_instance_ids(instance_ids, per_region.shape[0])
     table = np.empty(per_region.shape[0] + 1, per_region.dtype)
     table[0] = background
     table[1:] = per_region

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from semret_ros.core.image import check_image
 from semret_ros.core.records import Prompt, Region, bbox_of_mask
+from semret_ros.core.refine import region_stats
 
 SUPERPIXEL_METHODS = ("felzenszwalb", "slic")
 
@@ -217,15 +217,11 @@ class _LastImageCache:
 
 def _regions_from_labels(labels: np.ndarray, score: float) -> list[Region]:
     """One region per positive label, with bboxes from a single pass over the image."""
-    regions = []
-    for index, box in enumerate(ndimage.find_objects(labels)):
-        if box is None:
-            continue
-        mask = labels == index + 1
-        rows, cols = box
-        bbox = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-        regions.append(Region(mask=mask, score=score, bbox=bbox))
-    return regions
+    bboxes, areas = region_stats(labels, int(labels.max(initial=0)))
+    return [
+        Region(mask=labels == index + 1, score=score, bbox=tuple(int(v) for v in bboxes[index]))
+        for index in np.flatnonzero(areas)
+    ]
 
 
 class SuperpixelSegmenter:

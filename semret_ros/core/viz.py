@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from semret_ros.core.image import check_image
+
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _PALETTE_SIZE = 256
 _BOUNDARY_COLOR = (255, 255, 255)
@@ -38,13 +40,6 @@ def palette(count: int) -> np.ndarray:
     if count < 0:
         raise ValueError(f"count: expected >= 0, got {count}")
     return _PALETTE[np.arange(count) % _PALETTE_SIZE].copy()
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    rgb = np.asarray(image)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
-        raise ValueError(f"image: expected HxWx3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
-    return rgb
 
 
 def _check_plane(name: str, plane: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -103,7 +98,7 @@ def heatmap_overlay(
     colour and a frame without any match stays blue; ``normalize=True`` reproduces the
     seed's min-max display, which makes the best region red even when nothing matches.
     """
-    rgb = _check_image(image)
+    rgb = check_image(image)
     heat = colorize(_check_plane("similarity", similarity, rgb), normalize)
     return _blend(rgb, heat, _check_alpha(alpha), np.ones(rgb.shape[:2], bool))
 
@@ -115,7 +110,7 @@ def mask_overlay(
     alpha: float = 0.5,
 ) -> np.ndarray:
     """Tint the masked pixels with ``color`` (RGB) and outline the mask in the same colour."""
-    rgb = _check_image(image)
+    rgb = check_image(image)
     inside = _check_plane("mask", mask, rgb).astype(bool)
     tint = np.empty_like(rgb)
     tint[:] = color
@@ -129,7 +124,7 @@ def instance_overlay(image: np.ndarray, instance_ids: np.ndarray, alpha: float =
 
     Pixels with id 0 (no region) keep the camera image.
     """
-    rgb = _check_image(image)
+    rgb = check_image(image)
     ids = _check_plane("instance_ids", instance_ids, rgb).astype(np.int64)
     if ids.size and ids.min() < 0:
         raise ValueError("instance_ids: expected ids >= 0")
@@ -174,7 +169,7 @@ def label_overlay(
     ``label_image`` follows ``LabelResult``: i + 1 for labels[i], 0 for unlabelled pixels,
     which keep the camera image.
     """
-    rgb = _check_image(image)
+    rgb = check_image(image)
     values = _check_plane("label_image", label_image, rgb).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > len(labels)):
         raise ValueError(
@@ -196,7 +191,7 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
         array = array.astype(np.uint8) * 255
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(_check_image(array))
+    return np.ascontiguousarray(check_image(array))
 
 
 def panel(
