@@ -94,9 +94,27 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _spec(
         "standing_queries",
         [],
-        "Phrases answered on every processed frame and published on ~/similarity, "
-        "~/similarity/overlay and ~/mask; the best one also labels ~/segments.",
+        "Phrases answered on every processed frame, each published with its phrase on "
+        "~/answers; they also label ~/segments. [] (or [''], as ros2 param set sends it) "
+        "switches them off.",
         read_only=False,
+    ),
+    _spec(
+        "display_query",
+        "",
+        "The one phrase ~/similarity, ~/similarity/overlay and ~/mask show on every processed "
+        "frame, so RViz does not flicker between answers. Empty: the latest ~/query phrase, "
+        "else the first standing query.",
+        read_only=False,
+    ),
+    _spec(
+        "stale_after",
+        2.0,
+        "Seconds after which the newest processed frame is reported as stale in service "
+        "answers and diagnostics, counted from when it was processed (0: never).",
+        read_only=False,
+        low=0.0,
+        high=86400.0,
     ),
     _spec(
         "vocabulary",
@@ -334,18 +352,30 @@ _TYPES: dict[type, int] = {
 }
 
 
-def descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """The ROS descriptor: type, description, range, and read-only for model settings."""
+def descriptor(spec: ParamSpec, managed: bool = False) -> ParameterDescriptor:
+    """The ROS descriptor: type, description, range, and read-only for model settings.
+
+    ``managed``: a lifecycle node, whose model settings stay settable but only while it is
+    unconfigured (its set-parameters callback enforces that), so a failed configure can be
+    fixed and retried without a restart.
+    """
     text = spec.description
     if spec.choices:
         text += f" One of: {', '.join(spec.choices)}."
-    if spec.read_only:
+    if spec.read_only and managed:
+        text += " Configures the models: set it while the node is unconfigured."
+    elif spec.read_only:
         text += " Read-only: set it at start-up (restart to change)."
+    # Lists are dynamically typed: rclpy and ros2cli type an empty list (`[]` on the command
+    # line or in a params file) as a bool array, which a string-array parameter would refuse,
+    # leaving users no way to clear it. check_values keeps them lists of phrases.
+    is_list = isinstance(spec.default, list)
     result = ParameterDescriptor(
         name=spec.name,
-        type=_TYPES[type(spec.default)],
+        type=ParameterType.PARAMETER_NOT_SET if is_list else _TYPES[type(spec.default)],
         description=text,
-        read_only=spec.read_only,
+        read_only=spec.read_only and not managed,
+        dynamic_typing=is_list,
     )
     if spec.low is not None and spec.high is not None:
         if isinstance(spec.default, float):
@@ -359,28 +389,47 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return result
 
 
-def declare(node: Node) -> dict[str, ParamValue]:
+def declare(node: Node, managed: bool = False) -> dict[str, ParamValue]:
     """Declare every parameter on ``node`` and return the start-up values.
+
+    ``managed``: see :func:`descriptor`.
 
     Raises:
         ValueError: a value given at start-up (params file, ``-p``) has the wrong type or is
             out of range; the message names the parameter.
     """
     for spec in PARAMETERS:
-        # An empty list has no ROS type of its own, so it is declared by type, and a params
-        # file that says `[]` leaves it unset: both become an explicit empty list.
-        default = (
-            Parameter.Type.STRING_ARRAY
-            if isinstance(spec.default, list) and not spec.default
-            else spec.default
-        )
+        # An empty list has no ROS type of its own, so it is declared unset, and a params file
+        # that says `[]` may leave it unset: both become an explicit empty string array.
+        default = spec.default if spec.default != [] else None
         try:
-            declared = node.declare_parameter(spec.name, default, descriptor(spec))
+            declared = node.declare_parameter(spec.name, default, descriptor(spec, managed))
         except ParameterException as error:
             raise ValueError(f"parameter {spec.name}: {error}") from error
         if declared.type_ == Parameter.Type.NOT_SET:
             node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])])
     return current_values(node)
+
+
+def phrase_list(name: str, value: object) -> list[str]:
+    """A list parameter's value as phrases; every form of "empty" a user can send is [].
+
+    ``ros2 param set`` and params files send ``[]`` as an empty bool array and users write
+    ``['']`` to mean "none", so empty arrays of any type and lists of blank strings are [].
+
+    Raises:
+        ValueError: the value is not a list of strings.
+    """
+    if value is None:
+        raise ValueError(f"{name}: cannot be unset; set [] for none")
+    if not isinstance(value, list | tuple) and not hasattr(value, "tolist"):
+        raise ValueError(f"{name}: expected a list of strings, got {value!r}")
+    items = list(value)
+    if not items or all(isinstance(item, str) and not item.strip() for item in items):
+        return []
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{name}: expected a list of strings, got {items!r}")
+    return items
 
 
 def current_values(node: Node, overrides: Sequence[Parameter] = ()) -> dict[str, ParamValue]:
@@ -389,7 +438,7 @@ def current_values(node: Node, overrides: Sequence[Parameter] = ()) -> dict[str,
     values.update({parameter.name: parameter.value for parameter in overrides})
     for spec in PARAMETERS:
         if isinstance(spec.default, list):
-            values[spec.name] = list(values[spec.name] or [])
+            values[spec.name] = phrase_list(spec.name, values[spec.name])
     return values
 
 
@@ -519,7 +568,9 @@ class RuntimeSettings:
     """What may change while the node runs; replaced as a whole, never mutated."""
 
     min_period: float
+    stale_after: float
     standing_queries: tuple[str, ...]
+    display_query: str
     vocabulary: tuple[str, ...]
     refine: RefineConfig
     query: QueryConfig
@@ -533,7 +584,9 @@ def runtime_settings(values: Mapping[str, ParamValue]) -> RuntimeSettings:
     """
     return RuntimeSettings(
         min_period=float(values["min_period"]),
+        stale_after=float(values["stale_after"]),
         standing_queries=tuple(values["standing_queries"]),
+        display_query=str(values["display_query"]).strip(),
         vocabulary=tuple(values["vocabulary"]),
         refine=_built(
             "refine",

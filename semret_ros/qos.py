@@ -48,3 +48,12 @@ def camera_qos(reliability: str, depth: int) -> QoSProfile:
         reliability=policy,
         durability=DurabilityPolicy.VOLATILE,
     )
+
+
+DIAGNOSTICS_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+"""``/diagnostics``: what diagnostic_updater publishes with (aggregators subscribe RELIABLE)."""

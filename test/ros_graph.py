@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import rclpy
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile
 
@@ -57,10 +58,34 @@ class Graph:
         rclpy.try_shutdown(context=self.context)
         self._thread.join(5)
 
-    def collect(self, msg_type: type, topic: str, qos: QoSProfile | int = 10) -> list[Any]:
-        """Subscribe and return the (live) list every received message is appended to."""
+    def collect(
+        self,
+        msg_type: type,
+        topic: str,
+        qos: QoSProfile | int = 10,
+        matched_timeout: float | None = 10.0,
+    ) -> list[Any]:
+        """Subscribe and return the (live) list every received message is appended to.
+
+        Waits (up to ``matched_timeout``; None: no wait) until the subscription is matched with
+        a publisher, so the node counts it as a subscriber before the test sends a frame.
+        """
         received: list[Any] = []
-        self.node.create_subscription(msg_type, topic, received.append, qos)
+        matched = threading.Event()
+
+        def on_matched(info: Any) -> None:
+            if info.current_count > 0:
+                matched.set()
+
+        self.node.create_subscription(
+            msg_type,
+            topic,
+            received.append,
+            qos,
+            event_callbacks=SubscriptionEventCallbacks(matched=on_matched),
+        )
+        if matched_timeout is not None and not matched.wait(matched_timeout):
+            raise AssertionError(f"no publisher matched on {topic} within {matched_timeout} s")
         return received
 
     def wait_for_subscriber(self, publisher: Any, timeout: float = 10.0) -> None:
@@ -87,10 +112,16 @@ class Graph:
 
 
 class NodeProcess:
-    """The installed ``semret_node`` command in a subprocess, its log in a file."""
+    """An installed node command (``semret_node`` by default) in a subprocess, its log in a file."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> None:
-        executable = VENV_BIN / "semret_node"
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: dict[str, str],
+        log_path: Path,
+        command: str = "semret_node",
+    ) -> None:
+        executable = VENV_BIN / command
         if not executable.exists():
             raise AssertionError(f"{executable} is missing: run `make build` first")
         env = {**env, "RCUTILS_LOGGING_BUFFERED_STREAM": "0", "PYTHONUNBUFFERED": "1"}

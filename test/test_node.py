@@ -21,14 +21,15 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from ros_fixtures import ros_env  # noqa: F401 - the fixture, used by name
 from ros_graph import Graph, NodeProcess, wait_until
-from semret_ros.msg import SemanticFrame
+from semret_ros.msg import QueryAnswer, SemanticFrame
 from semret_ros.srv import Describe, Label, Query
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_srvs.srv import SetBool
@@ -185,8 +186,6 @@ def test_services_before_the_first_frame_name_the_topic(graph, semret):
 # --------------------------------------------------------------------------- frames
 def test_semantic_frame_is_consistent_and_carries_the_camera_header(graph, camera, frames, stamps):
     overlays = graph.collect(Image, f"{NODE}/segments/overlay", RELIABLE)
-    wait_until(lambda: camera.get_subscription_count() > 0, 5, "subscriber")
-    time.sleep(0.5)  # the overlay subscription must be matched before the frame is processed
     stamp = stamps()
     frame = send(camera, frames, scene(), "rgb8", stamp)
 
@@ -251,7 +250,6 @@ def test_mono8_is_processed(camera, frames, stamps):
 def test_query_answers_from_the_newest_frame(graph, camera, frames, stamps):
     similarities = graph.collect(Image, f"{NODE}/similarity", RELIABLE)
     masks = graph.collect(Image, f"{NODE}/mask", RELIABLE)
-    time.sleep(0.5)
     stamp = stamps()
     frame = send(camera, frames, scene(), "rgb8", stamp)
     response = query(graph, "a red box")
@@ -437,21 +435,28 @@ def test_queries_while_frames_keep_arriving(graph, camera, frames, stamps):
     )
 
 
-def test_enable_false_pauses_processing(graph, camera, frames, stamps):
+def test_enable_false_pauses_processing(graph, camera, frames, stamps, diagnostics):
     last = send(camera, frames, scene(), "rgb8", stamps())
+    dropped = int(wait_until(lambda: _diagnostic(diagnostics, "frames dropped"), WAIT_S, "stats"))
     paused = graph.call(SetBool, f"{NODE}/enable", SetBool.Request(data=False))
     assert paused.success
     try:
         skipped = stamps()
         camera.publish(image_msg(scene(), "rgb8", skipped))
-        time.sleep(2.0)
-        assert all(stamp_of(f) != skipped for f in frames)
+        wait_until(
+            lambda: _diagnostic(diagnostics, "frames dropped", lambda v: int(v) > dropped),
+            WAIT_S,
+            "the paused frame counted as dropped",
+        )
         response = query(graph)
         assert response.success and stamp_of(response) == stamp_of(last)
     finally:
         resumed = graph.call(SetBool, f"{NODE}/enable", SetBool.Request(data=True))
     assert resumed.success
+    # Frames are processed in arrival order: once the next frame's result is out, the paused
+    # one would have been published before it, had it been processed.
     send(camera, frames, scene(), "rgb8", stamps())
+    assert all(stamp_of(f) != skipped for f in frames)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -462,6 +467,10 @@ def _set(graph, name: str, value: ParameterValue):
 
 def _double(value: float) -> ParameterValue:
     return ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+
+
+def _string(value: str) -> ParameterValue:
+    return ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
 
 
 def _strings(values: list[str]) -> ParameterValue:
@@ -491,23 +500,172 @@ def test_invalid_parameter_values_are_refused_with_a_reason(graph, semret, name,
 
 def test_runtime_parameters_apply_to_queries_and_standing_queries(graph, camera, frames, stamps):
     similarities = graph.collect(Image, f"{NODE}/similarity", RELIABLE)
+    answers = graph.collect(QueryAnswer, f"{NODE}/answers", RELIABLE)
     try:
         assert _set(graph, "query.threshold", _double(0.3)).successful
         assert _set(graph, "standing_queries", _strings(["red box", "green bar"])).successful
-        time.sleep(0.5)
+        assert _set(graph, "display_query", _string("green bar")).successful
         stamp = stamps()
         frame = send(camera, frames, scene(), "rgb8", stamp)
-        wait_until(
-            lambda: sum(stamp_of(m) == stamp for m in similarities) == 2,
+        mine = wait_until(
+            lambda: (
+                (found := [a for a in answers if stamp_of(a) == stamp])
+                and len(found) == 2
+                and found
+            ),
             WAIT_S,
-            "one ~/similarity per standing query, with the frame's header",
+            "one ~/answers message per standing query, with the frame's header",
         )
+        assert sorted(a.text for a in mine) == ["green bar", "red box"]
+        assert {a.source for a in mine} == {"standing"}
+        for answer in mine:
+            assert answer.threshold == pytest.approx(0.3)
+            assert (answer.similarity.width, answer.mask.height) == (WIDTH, HEIGHT)
+            assert stamp_of(answer.similarity) == stamp
+        green = next(a for a in mine if a.text == "green bar")
+        wait_until(lambda: any(stamp_of(m) == stamp for m in similarities), WAIT_S, "display")
+        # One image per frame on the Image topic, the displayed phrase's, so RViz is stable.
+        shown = [m for m in similarities if stamp_of(m) == stamp]
+        assert len(shown) == 1 and shown[0].data == green.similarity.data
         assert {s.label for s in frame.segments} <= {"", "red box", "green bar"}
         response = query(graph)
         assert response.success and response.threshold_used == pytest.approx(0.3)
     finally:
         assert _set(graph, "query.threshold", _double(0.5)).successful
+        assert _set(graph, "display_query", _string("")).successful
         assert _set(graph, "standing_queries", _strings([])).successful
+
+
+@pytest.mark.parametrize(
+    "empty",
+    [
+        # What `ros2 param set /semret standing_queries "[]"` and `ros2 param load` send.
+        ParameterValue(type=ParameterType.PARAMETER_BOOL_ARRAY, bool_array_value=[]),
+        ParameterValue(type=ParameterType.PARAMETER_INTEGER_ARRAY, integer_array_value=[]),
+        _strings([]),
+        _strings([""]),
+    ],
+)
+def test_standing_queries_switch_off_with_every_form_of_empty_list(graph, semret, empty):
+    assert _set(graph, "standing_queries", _strings(["red box"])).successful
+    result = _set(graph, "standing_queries", empty)
+    assert result.successful, result.reason
+    got = graph.call(
+        GetParameters, f"{NODE}/get_parameters", GetParameters.Request(names=["standing_queries"])
+    )
+    value = got.values[0]
+    # Stored as sent ([''] stays ['']); the node reads every one of them as "no phrases".
+    assert not any(v.strip() for v in value.string_array_value)
+    assert not (list(value.bool_array_value) or list(value.integer_array_value))
+
+
+def test_lists_refuse_what_is_not_phrases(graph, semret):
+    unset = ParameterValue(type=ParameterType.PARAMETER_NOT_SET)
+    assert "cannot be unset" in _set(graph, "standing_queries", unset).reason
+    numbers = ParameterValue(type=ParameterType.PARAMETER_INTEGER_ARRAY, integer_array_value=[3])
+    assert "list of strings" in _set(graph, "standing_queries", numbers).reason
+    assert "standing_queries" in _set(graph, "standing_queries", _strings(["", "mug"])).reason
+
+
+def test_parameter_changes_never_tear_a_request(graph, camera, frames, stamps):
+    """Mode and negatives change together (atomically) while clients query: a request that
+    read the mode of one setting and the negatives of the other would fail."""
+    send(camera, frames, scene(), "rgb8", stamps())
+    settings = [
+        [("query.mode", _string("contrastive")), ("query.negatives", _strings(["object"]))],
+        [("query.mode", _string("cosine")), ("query.negatives", _strings([]))],
+    ]
+    stop = threading.Event()
+    failures: list[str] = []
+    answered = [0]
+
+    def ask() -> None:
+        while not stop.is_set():
+            response = query(graph, "a green bar")
+            answered[0] += 1
+            if not response.success:
+                failures.append(response.message)
+
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in askers:
+        thread.start()
+    try:
+        for round_ in range(150):
+            parameters = [ParameterMsg(name=n, value=v) for n, v in settings[round_ % 2]]
+            request = SetParametersAtomically.Request(parameters=parameters)
+            result = graph.call(
+                SetParametersAtomically, f"{NODE}/set_parameters_atomically", request
+            )
+            assert result.result.successful, result.result.reason
+    finally:
+        stop.set()
+        for thread in askers:
+            thread.join()
+        for name, value in settings[0]:
+            _set(graph, name, value)
+        assert _set(
+            graph, "query.negatives", _strings(["object", "things", "stuff", "texture"])
+        ).successful
+    assert answered[0] > 50
+    assert not failures, failures[:3]
+
+
+@pytest.fixture(scope="module")
+def diagnostics(graph, semret):
+    return graph.collect(DiagnosticArray, "/diagnostics")
+
+
+def _diagnostic(diagnostics: list, key: str, accept=lambda value: True) -> str | None:
+    """The newest value of ``key`` in the node's /diagnostics status, if it passes ``accept``."""
+    for message in reversed(diagnostics):
+        for status in message.status:
+            if status.name.startswith(NODE):
+                value = {kv.key: kv.value for kv in status.values}.get(key)
+                return value if value is not None and accept(value) else None
+    return None
+
+
+def test_diagnostics_report_rates_latency_and_refusals(camera, frames, stamps, diagnostics):
+    for _ in range(3):
+        send(camera, frames, scene(), "rgb8", stamps())
+    camera.publish(image_msg(scene()[:, :, 0], "rgb8", stamps()))  # data too short for rgb8
+    refused = wait_until(
+        lambda: _diagnostic(diagnostics, "frames refused", lambda v: int(v) > 0),
+        WAIT_S,
+        "a refusal",
+    )
+    assert int(refused) >= 1
+    message = diagnostics[-1]
+    status = next(s for s in message.status if s.name.startswith(NODE))
+    values = {kv.key: kv.value for kv in status.values}
+    assert int(values["frames processed"]) >= 3
+    assert values["latency median"].endswith(" ms")
+    assert values["state"] == "active"
+    assert "CLIP tiny" in values["models"]
+    assert values["last error"] != "none"
+    assert any(key.startswith("refused: ") for key in values)
+
+
+def test_answers_from_an_old_frame_say_how_old(graph, camera, frames, stamps):
+    send(camera, frames, scene(), "rgb8", stamps())
+    try:
+        assert _set(graph, "stale_after", _double(0.2)).successful
+        response = wait_until(
+            lambda: (r := query(graph)).success and "stale:" in r.message and r,
+            WAIT_S,
+            "a stale answer",
+        )
+        assert re.search(r"newest processed frame is \d+\.\d s old", response.message)
+    finally:
+        assert _set(graph, "stale_after", _double(2.0)).successful
+    assert "stale" not in send_and_query(graph, camera, frames, stamps).message
+
+
+def send_and_query(graph, camera, frames, stamps) -> Query.Response:
+    send(camera, frames, scene(), "rgb8", stamps())
+    response = query(graph)
+    assert response.success, response.message
+    return response
 
 
 # --------------------------------------------------------------------------- other set-ups

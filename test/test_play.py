@@ -8,6 +8,7 @@ Frames are small so that a run takes a second or two.
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -60,9 +61,15 @@ def play(env: dict[str, str], *args: str) -> str:
 
 def play_and_collect(graph: Graph, env: dict[str, str], *args: str) -> tuple[list[Image], str]:
     """Subscribe like a camera consumer (BEST_EFFORT), play, and return what arrived."""
-    received = graph.collect(Image, TOPIC, CAMERA_QOS)
+    received = graph.collect(Image, TOPIC, CAMERA_QOS, matched_timeout=None)
     log = play(env, *args)
-    time.sleep(0.3)  # the last frames may still be in flight when the player exits
+    # The last frames may still be in flight when the player exits: wait for every frame it
+    # says it published, up to a deadline (BEST_EFFORT may lose some; the callers judge that).
+    match = re.search(r"done: published (\d+) frames", log)
+    published = int(match.group(1)) if match else 0
+    deadline = time.monotonic() + 5.0
+    while len(received) < published and time.monotonic() < deadline:
+        time.sleep(0.01)
     return list(received), log
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from semret_ros.core.embedder import ClipConfig, ClipEmbedder
 from semret_ros.core.image import check_image
@@ -126,9 +127,11 @@ class SemanticPipeline:
             model=self.embedder.model_name,
         )
 
-    def _negative_embeddings(self, negatives: Sequence[str] | None) -> np.ndarray | None:
+    def _negative_embeddings(
+        self, negatives: Sequence[str] | None, config: QueryConfig
+    ) -> np.ndarray | None:
         if negatives is None:  # the configured ones, validated by QueryConfig
-            phrases = self.query_config.negatives
+            phrases = config.negatives
         else:
             phrases = tuple(negatives)
             if phrases:
@@ -142,19 +145,24 @@ class SemanticPipeline:
         negatives: Sequence[str] | None = None,
         threshold: float | None = None,
         max_results: int | None = None,
+        config: QueryConfig | None = None,
     ) -> QueryResult:
         """Relevance of every region of ``frame`` to ``text``; None arguments use the defaults.
 
         The phrase's text feature is cached by the embedder, so a phrase seen before costs no
         model call: the answer is a table lookup over the frame's instance-id image.
+
+        ``config`` (default: ``query_config``) is read once, so a caller that swaps settings
+        while requests run (the node's set-parameters callback) can never mix a mode from
+        one configuration with the negatives of another.
         """
         check_phrases("text", [text])
-        config = self.query_config
+        config = config or self.query_config
         return query_frame(
             frame,
             text,
             self.embedder.embed_text([text])[0],
-            self._negative_embeddings(negatives),
+            self._negative_embeddings(negatives, config),
             threshold=config.threshold if threshold is None else threshold,
             max_results=config.max_results if max_results is None else max_results,
             mode=config.mode,
@@ -162,22 +170,44 @@ class SemanticPipeline:
         )
 
     def label(
-        self, frame: SemanticFrame, labels: Sequence[str], threshold: float | None = None
+        self,
+        frame: SemanticFrame,
+        labels: Sequence[str],
+        threshold: float | None = None,
+        config: QueryConfig | None = None,
     ) -> LabelResult:
         """Which of ``labels`` each region is, as a label image (0 where none passes)."""
         check_phrases("labels", labels)
-        config = self.query_config
+        config = config or self.query_config
         return label_frame(
             frame,
             labels,
             self.embedder.embed_text(labels),
-            self._negative_embeddings(None),
+            self._negative_embeddings(None, config),
             threshold=config.threshold if threshold is None else threshold,
             scale=config.contrast_scale,
         )
 
+    def region_labels(self, frame: SemanticFrame, results: Sequence[QueryResult]) -> list[str]:
+        """Per region, the phrase of the best of ``results`` (answers on this frame), or "".
+
+        ~/segments labels its regions with the standing queries this way.
+        """
+        if not results or not frame.num_regions:
+            return [""] * frame.num_regions
+        relevance = np.stack([result.relevance for result in results])
+        best = relevance.argmax(axis=0)
+        return [
+            results[q].text if relevance[q, i] >= results[q].threshold else ""
+            for i, q in enumerate(best)
+        ]
+
     def describe(
-        self, frame: SemanticFrame, prompt: Prompt, vocabulary: Sequence[str] | None = None
+        self,
+        frame: SemanticFrame,
+        prompt: Prompt,
+        vocabulary: Sequence[str] | None = None,
+        config: QueryConfig | None = None,
     ) -> DescribeResult:
         """Segment the object a point/box prompt selects and rank a vocabulary against it.
 
@@ -197,14 +227,25 @@ class SemanticPipeline:
         if not mask.any():
             raise ValueError("the prompt selects no region: points/box fall on unsegmented pixels")
         embedding = self.embedder.embed_masks(frame.image, [mask], frame.global_embedding)[0]
+        config = config or self.query_config
         labels, scores = rank_vocabulary(
             embedding,
             list(words),
             self.embedder.embed_text(words),
-            self._negative_embeddings(None),
-            scale=self.query_config.contrast_scale,
+            self._negative_embeddings(None, config),
+            scale=config.contrast_scale,
         )
         return DescribeResult(mask=mask, labels=labels, scores=scores)
+
+
+def release_device_memory() -> None:
+    """Hand cached GPU memory back to the driver once the models are dropped.
+
+    torch keeps freed CUDA blocks in its caching allocator, so a managed node that cleans up
+    would otherwise still hold the memory another process on the robot needs.
+    """
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def build_pipeline(config: PipelineConfig) -> SemanticPipeline:
