@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-from semret_ros.core.records import bbox_of_mask
+from semret_ros.core.records import Region, bbox_of_mask
 from semret_ros.core.refine import assign_pixels, merge_similar_regions, region_stats
 from semret_ros.core.segmenters import SuperpixelConfig, SuperpixelSegmenter
 
@@ -55,9 +55,11 @@ def main() -> None:
             cells.append(f"{ms:7.1f} ms {int(segmenter.labels(image).max()):4d} reg")
         print(f"{label:36s} " + " ".join(f"{cell:>18s}" for cell in cells))
 
-    regions = SuperpixelSegmenter(SuperpixelConfig(downscale=1.0, scale=100, min_size=50)).segment(
+    labels = SuperpixelSegmenter(SuperpixelConfig(downscale=1.0, scale=100, min_size=50)).labels(
         images["astronaut"]
-    )[:100]
+    )
+    # assign_pixels is timed on masks, the form SAM2's proposals come in.
+    regions = [Region.from_mask(labels == k) for k in range(1, min(int(labels.max()), 100) + 1)]
     ids = assign_pixels(regions, 0)
     count = int(ids.max())
     rng = np.random.default_rng(0)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
+import stat
 import subprocess
 import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -12,8 +16,19 @@ from rclpy.serialization import deserialize_message, serialize_message
 from semret_ros.msg import Segment, SemanticFrame
 from semret_ros.srv import Describe, Label, Query
 
+REPO = Path(__file__).resolve().parent.parent
 PREFIX = Path(os.environ.get("AMENT_PREFIX_PATH", sys.prefix).split(os.pathsep)[0])
-COMMANDS = ("semret_node", "semret-query", "semret-train", "semret-eval", "semret-play")
+# The CMake build folder: `make`'s build/, or the one `colcon test` names (CMakeLists.txt).
+BUILD = Path(os.environ.get("SEMRET_BUILD_DIR", REPO / "build"))
+COMMANDS = (
+    "semret_node",
+    "semret_lifecycle_node",
+    "semret-query",
+    "semret-train",
+    "semret-eval",
+    "semret-play",
+)
+_EXECUTE_ALL = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 
 
 @pytest.mark.parametrize(
@@ -123,7 +138,10 @@ def test_share_holds_config_with_the_dds_profile():
     result = subprocess.run(
         [sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True
     )
-    assert Path(result.stdout.strip()) == PREFIX / "share/semret_ros/config/fastdds_shm.xml"
+    # resolve(): after `colcon build --symlink-install` both are links to the source's file.
+    installed = PREFIX / "share/semret_ros/config/fastdds_shm.xml"
+    assert installed.is_file()
+    assert Path(result.stdout.strip()).resolve() == installed.resolve()
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -135,3 +153,86 @@ def test_console_commands_run_with_the_building_interpreter(command):
         interpreter = Path(shebang.removeprefix("#!"))
         assert interpreter.parent == Path(sys.prefix) / "bin"  # the venv's, not the system's
         assert interpreter.resolve() == Path(sys.executable).resolve()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode  # follows links: --symlink-install links lib/ into the build
+
+
+def test_generated_commands_are_executable_whatever_the_template_mode():
+    """configure_file copies the template's mode; `colcon build --symlink-install` then links
+    these very files into lib/<pkg>, where launch needs them executable."""
+    scripts = BUILD / "scripts"
+    if not scripts.is_dir():
+        pytest.skip(f"no CMake build folder at {BUILD} (set SEMRET_BUILD_DIR)")
+    assert sorted(p.name for p in scripts.iterdir()) == sorted(COMMANDS)
+    for script in scripts.iterdir():
+        assert _mode(script) & _EXECUTE_ALL == _EXECUTE_ALL, script
+
+
+def test_everything_installed_in_libexec_is_an_executable_command():
+    """`ros2 run` and launch's Node(executable=...) look in lib/<pkg> ("libexec directory")."""
+    installed = sorted((PREFIX / "lib/semret_ros").iterdir())
+    assert [p.name for p in installed] == sorted(COMMANDS)
+    for path in installed:
+        assert path.is_file() and _mode(path) & _EXECUTE_ALL == _EXECUTE_ALL, path
+
+
+def _third_party_imports() -> set[str]:
+    names = set()
+    for source in (REPO / "semret_ros").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {name for name in names if name not in sys.stdlib_module_names} - {"semret_ros"}
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.skipif(
+    not list(Path(sys.prefix).glob(".semret-requirements-*")),
+    reason="not the environment `make venv` installed from requirements.txt",
+)
+def test_requirements_declare_every_module_the_package_imports():
+    """A module that is only there as someone else's dependency breaks on the next resolve."""
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    declared = {
+        _normalized(re.split(r"[=<>!~\[; ]", line.strip())[0])
+        for line in lines
+        if line.strip() and not line.lstrip().startswith(("#", "-"))
+    }
+    providers = packages_distributions()
+    undeclared = {
+        module: providers.get(module)
+        for module in sorted(_third_party_imports())
+        if not {_normalized(d) for d in providers.get(module, [])} & declared
+    }
+    assert not undeclared, f"imported, not in requirements.txt (module: providers): {undeclared}"
+
+
+def test_launch_file_compiles_and_declares_its_arguments():
+    """launch/launch_ros are not installable here; the file is checked as source."""
+    path = REPO / "launch/semret.launch.py"
+    tree = ast.parse(path.read_text(), str(path))
+    compile(tree, str(path), "exec")
+    declared = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "DeclareLaunchArgument"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert declared == {"image", "config", "namespace", "device", "lifecycle"}
+    executables = {
+        keyword.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        for keyword in node.keywords
+        if keyword.arg == "executable" and isinstance(keyword.value, ast.Constant)
+    }
+    assert executables == {"semret_node", "semret_lifecycle_node"} <= set(COMMANDS)

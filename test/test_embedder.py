@@ -23,6 +23,7 @@ from semret_ros.core.embedder import (
     default_model_dir,
     load_clip,
 )
+from semret_ros.core.refine import region_stats
 from semret_ros.core.visual_prompt import crop_region
 
 PROBE_IMAGE = torch.linspace(-1.0, 1.0, 3 * 64 * 64).reshape(1, 3, 64, 64)
@@ -199,6 +200,20 @@ def test_one_batched_pass_equals_one_crop_at_a_time(tiny_clip_config, shapes_sce
     chunked = ClipEmbedder(dataclasses.replace(tiny_clip_config, global_weight=0.0, batch_size=3))
     np.testing.assert_allclose(chunked.embed_frame(image, ids, n)[0], regions, atol=1e-5)
     assert chunked.image_encoder_calls == 2  # 4 images in chunks of 3
+
+
+def test_embed_regions_is_embed_frame_without_the_checks(tiny_embedder, shapes_scene):
+    image, ids, n = shapes_scene
+    bboxes, _ = region_stats(ids, n)
+    regions, global_feature = tiny_embedder.embed_frame(image, ids, n)
+    again, global_again = tiny_embedder.embed_regions(image, ids, bboxes)
+    np.testing.assert_array_equal(again, regions)
+    np.testing.assert_array_equal(global_again, global_feature)
+    # Each row is that id's own crop: swapping two boxes swaps nothing but breaks the rows.
+    swapped = tiny_embedder.embed_regions(image, ids, bboxes[[1, 0, 2]])[0]
+    assert not np.allclose(swapped[0], regions[0], atol=1e-4)
+    with pytest.raises(ValueError, match="instance id 2 has no pixels"):
+        tiny_embedder.embed_frame(image, np.where(ids == 2, 0, ids), n)
 
 
 def test_blend_weights_are_honoured(tiny_clip_config, shapes_scene):

@@ -9,8 +9,13 @@ import pytest
 
 from semret_ros.core.embedder import ClipEmbedder
 from semret_ros.core.pipeline import PipelineConfig, SemanticPipeline, build_pipeline
-from semret_ros.core.records import Prompt
-from semret_ros.core.refine import RefineConfig
+from semret_ros.core.records import Prompt, Region
+from semret_ros.core.refine import (
+    RefineConfig,
+    assign_pixels_with_sources,
+    merge_similar_regions,
+    region_stats,
+)
 from semret_ros.core.scoring import QueryConfig
 from semret_ros.core.segmenters import SuperpixelConfig, build_segmenter
 
@@ -134,6 +139,39 @@ def test_merging_touching_identical_regions(tiny_clip_config):
     before = pipeline.process(_scene())
     assert frame.num_regions < before.num_regions
     assert frame.scores.shape == (frame.num_regions,)
+
+
+def _mask_path_frame(pipeline: SemanticPipeline, image: np.ndarray) -> dict[str, np.ndarray]:
+    """What process() computed before the id-image path: one full-size mask per region."""
+    labels = pipeline.segmenter.labels(image)
+    regions = [Region.from_mask(labels == k) for k in range(1, labels.max() + 1)]
+    ids, sources = assign_pixels_with_sources(regions, pipeline.refine.min_area, shape=labels.shape)
+    masks = [ids == k for k in range(1, sources.size + 1)]
+    global_feature = pipeline.embedder.embed_frame(image, np.zeros_like(ids), 0)[1]
+    embeddings = pipeline.embedder.embed_masks(image, masks, global_feature)
+    ids, embeddings, _ = merge_similar_regions(ids, embeddings, pipeline.refine.merge_threshold)
+    bboxes, areas = region_stats(ids, embeddings.shape[0])
+    return {"instance_ids": ids, "embeddings": embeddings, "bboxes": bboxes, "areas": areas}
+
+
+@pytest.mark.parametrize("merge_threshold", [0.9999, 2.0])
+def test_process_equals_the_full_mask_path(tiny_clip_config, merge_threshold):
+    """A textured scene of many superpixels: ids, boxes, areas and features are unchanged."""
+    rng = np.random.default_rng(3)
+    image = np.repeat(np.repeat(rng.integers(0, 256, (12, 16, 3), np.uint8), 8, 0), 8, 1)
+    image[20:70, 30:90] = (200, 40, 40)
+    pipeline = SemanticPipeline(
+        build_segmenter(SuperpixelConfig(scale=50, min_size=20)),
+        ClipEmbedder(tiny_clip_config),
+        refine=RefineConfig(min_area=40, merge_threshold=merge_threshold),
+    )
+    frame = pipeline.process(image)
+    assert frame.num_regions > 10  # ~220 superpixels; 0.9999 still merges most of them
+    expected = _mask_path_frame(pipeline, image)
+    np.testing.assert_array_equal(frame.instance_ids, expected["instance_ids"])
+    np.testing.assert_array_equal(frame.bboxes, expected["bboxes"])
+    np.testing.assert_array_equal(frame.areas, expected["areas"])
+    np.testing.assert_allclose(frame.embeddings, expected["embeddings"], rtol=0, atol=1e-6)
 
 
 def test_build_pipeline_from_config(tiny_clip_config):

@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 
-from semret_ros.core.records import Region, bbox_of_mask
+from semret_ros.core.records import Region, Segmentation, bbox_of_mask
 from semret_ros.core.refine import (
     RefineConfig,
+    assign_labels,
     assign_pixels,
     assign_pixels_with_sources,
+    assign_proposals,
     merge_similar_regions,
     region_stats,
     touching_pairs,
@@ -72,6 +74,50 @@ def test_assign_pixels_empty_and_bad_shapes():
         assign_pixels([_box(0, 5, 0, 5), odd], min_area=1)
 
 
+def _random_labels(seed: int, count: int = 40) -> np.ndarray:
+    """A 60x80 label image of ``count`` random blocks of very different sizes, some absent."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((60, 80), np.int32)
+    for label in range(1, count + 1):
+        y, x = rng.integers(0, 60), rng.integers(0, 80)
+        h, w = rng.integers(1, 25, size=2)
+        labels[y : y + h, x : x + w] = label
+    return labels
+
+
+@pytest.mark.parametrize("min_area", [0, 1, 30, 200])
+def test_assign_labels_equals_painting_one_mask_per_label(min_area):
+    for seed in range(5):
+        labels = _random_labels(seed)
+        count = int(labels.max())
+        scores = np.linspace(0.1, 1.0, count).astype(np.float32)
+        present = [k for k in range(1, count + 1) if (labels == k).any()]
+        regions = [Region.from_mask(labels == k, float(scores[k - 1])) for k in present]
+        ids, sources = assign_labels(Segmentation(labels, scores), min_area)
+        want_ids, want_sources = assign_pixels_with_sources(regions, min_area, shape=labels.shape)
+        assert ids.dtype == np.int32
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(np.asarray(present)[want_sources] - 1, sources)
+
+        got_ids, got_scores = assign_proposals(Segmentation(labels, scores), min_area, (60, 80))
+        np.testing.assert_array_equal(got_ids, want_ids)
+        np.testing.assert_array_equal(got_scores, scores[sources])
+
+
+def test_assign_proposals_paints_overlapping_masks_with_their_scores():
+    big, small = _box(0, 20, 0, 20, score=0.3), _box(5, 10, 5, 10, score=0.9)
+    ids, scores = assign_proposals([small, big], min_area=1, shape=SHAPE)
+    np.testing.assert_array_equal(ids, assign_pixels([small, big], min_area=1))
+    np.testing.assert_array_equal(scores, np.array([0.9, 0.3], np.float32))
+    assert scores.dtype == np.float32
+    ids, scores = assign_proposals([], min_area=1, shape=SHAPE)
+    assert not ids.any() and scores.shape == (0,)
+    with pytest.raises(ValueError, match=r"shape \(20, 30\), expected \(10, 10\)"):
+        assign_proposals(Segmentation(np.ones(SHAPE, np.int32), [1.0]), 1, (10, 10))
+    with pytest.raises(ValueError, match="min_area"):
+        assign_labels(Segmentation(np.ones(SHAPE, np.int32), [1.0]), -1)
+
+
 def _unit(*values: float) -> np.ndarray:
     vector = np.asarray(values, dtype=np.float64)
     return vector / np.linalg.norm(vector)
@@ -136,6 +182,22 @@ def test_merge_rejects_bad_input():
         merge_similar_regions(ids, np.array([[1.0, 0.0]]), 0.9)
     with pytest.raises(ValueError, match="embeddings"):
         merge_similar_regions(ids, np.array([1.0, 0.0]), 0.9)
+
+
+def test_touching_pairs_matches_a_per_pixel_reference():
+    for seed in range(3):
+        labels = _random_labels(seed).astype(np.uint16)
+        expected = set()
+        for a, b in (
+            (labels[:, :-1], labels[:, 1:]),
+            (labels[:-1, :], labels[1:, :]),
+        ):
+            for u, v in zip(a.ravel().tolist(), b.ravel().tolist(), strict=True):
+                if u != v and u and v:
+                    expected.add((min(u, v), max(u, v)))
+        pairs = touching_pairs(labels)
+        assert pairs.dtype == np.int64
+        assert [tuple(p) for p in pairs.tolist()] == sorted(expected)
 
 
 def test_touching_pairs():

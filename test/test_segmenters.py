@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semret_ros.core.records import Prompt, Region, bbox_of_mask
+from semret_ros.core.records import Prompt, Region, Segmentation, bbox_of_mask
 from semret_ros.core.segmenters import (
     Sam2Config,
     Sam2Segmenter,
@@ -49,30 +49,53 @@ def _check_regions(regions: list[Region], shape: tuple[int, int]) -> None:
         assert tuple(region.bbox) == bbox_of_mask(region.mask)
 
 
+def _superpixel_masks(segmentation: Segmentation, image: np.ndarray) -> list[np.ndarray]:
+    """The superpixels of a segmentation as masks, after checking its label image."""
+    labels = segmentation.labels
+    assert isinstance(segmentation, Segmentation)
+    assert labels.dtype == np.int32
+    assert labels.shape == image.shape[:2]
+    count = segmentation.scores.size
+    # Every pixel labelled, labels 1..K consecutive (a partition of the image).
+    np.testing.assert_array_equal(np.unique(labels), np.arange(1, count + 1))
+    np.testing.assert_array_equal(segmentation.scores, np.ones(count, np.float32))
+    return [labels == k for k in range(1, count + 1)]
+
+
 @pytest.mark.parametrize("downscale", [1.0, 2.0])
 def test_felzenszwalb_recovers_each_object(scene, downscale):
     image, objects = scene
     segmenter = build_segmenter(SuperpixelConfig(method="felzenszwalb", downscale=downscale))
     assert segmenter.name == "superpixel:felzenszwalb"
-    regions = segmenter.segment(image)
-    _check_regions(regions, image.shape[:2])
-    assert all(region.score == 1.0 for region in regions)
-    coverage = np.sum([region.mask for region in regions], axis=0)
-    assert (coverage == 1).all()  # a partition of the image
+    segmentation = segmenter.segment(image)
+    np.testing.assert_array_equal(segmentation.labels, segmenter.labels(image))
+    masks = _superpixel_masks(segmentation, image)
     for name, truth in objects.items():
-        best = max(_iou(region.mask, truth) for region in regions)
+        best = max(_iou(mask, truth) for mask in masks)
         assert best > 0.8, name
 
 
 def test_slic_cells_follow_object_boundaries(scene):
     image, objects = scene
     segmenter = build_segmenter(SuperpixelConfig(method="slic", n_segments=40, downscale=1.0))
-    regions = segmenter.segment(image)
-    _check_regions(regions, image.shape[:2])
-    assert 20 <= len(regions) <= 80
+    masks = _superpixel_masks(segmenter.segment(image), image)
+    assert 20 <= len(masks) <= 80
     for name, truth in objects.items():
-        inside = [r.mask for r in regions if np.count_nonzero(r.mask & truth) > r.area / 2]
+        inside = [m for m in masks if np.count_nonzero(m & truth) > np.count_nonzero(m) / 2]
         assert _iou(np.any(inside, axis=0), truth) > 0.8, name
+
+
+def test_segmentation_validates_its_labels_once_at_construction():
+    labels = np.array([[0, 1], [2, 2]], np.int64)
+    segmentation = Segmentation(labels=labels, scores=[0.5, 1.0])
+    assert segmentation.labels.dtype == np.int32
+    assert segmentation.scores.dtype == np.float32
+    with pytest.raises(ValueError, match=r"outside 0\.\.1"):
+        Segmentation(labels=labels, scores=[1.0])
+    with pytest.raises(ValueError, match="integer"):
+        Segmentation(labels=labels.astype(np.float32), scores=[1.0, 1.0])
+    with pytest.raises(ValueError, match="scores"):
+        Segmentation(labels=labels, scores=[1.0, 1.5])
 
 
 def test_superpixel_prompts(scene):

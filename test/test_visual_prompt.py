@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semret_ros.core.visual_prompt import CLIP_MEAN_RGB, VISUAL_PROMPTS, crop_region
+from semret_ros.core.records import bbox_of_mask
+from semret_ros.core.visual_prompt import CLIP_MEAN_RGB, VISUAL_PROMPTS, crop_region, square_crop
 
 
 @pytest.fixture
@@ -64,3 +65,29 @@ def test_bad_input_raises_value_error(scene):
         crop_region(image, mask, "bbox_crop", padding=-1.0)
     with pytest.raises(ValueError, match="image must be"):
         crop_region(image[..., 0], mask, "bbox_crop")
+
+
+@pytest.mark.parametrize("mode", VISUAL_PROMPTS)
+def test_square_crop_from_an_id_window_equals_the_full_mask_crop(mode):
+    """Reading the id image only inside the window gives crop_region's crop, edges included."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    ids = np.zeros((50, 70), np.int32)
+    ids[0:12, 0:30] = 1  # touches two image edges, so the square leaves the image
+    ids[20:50, 55:70] = 2
+    ids[25:35, 10:40] = 3
+    ids[30:32, 20:60] = 3  # not convex: the window holds other ids and background
+    for label in (1, 2, 3):
+        mask = ids == label
+        crop = square_crop(
+            image, bbox_of_mask(mask), lambda rows, cols, k=label: ids[rows, cols] == k, mode
+        )
+        np.testing.assert_array_equal(crop, crop_region(image, mask, mode))
+        np.testing.assert_array_equal(crop, crop_region(image, mask.astype(np.uint8) * 255, mode))
+    whole = square_crop(image, (0, 0, 70, 50), None, "bbox_crop", padding=0.0)
+    np.testing.assert_array_equal(
+        whole, crop_region(image, np.ones((50, 70), bool), "bbox_crop", padding=0.0)
+    )
+    if mode != "bbox_crop":
+        with pytest.raises(ValueError, match="mask"):
+            square_crop(image, (0, 0, 5, 5), None, mode)

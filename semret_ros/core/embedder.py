@@ -21,6 +21,7 @@ Face cache, unless downloading is explicitly allowed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -42,7 +43,8 @@ from safetensors.torch import save_file
 from torchvision.transforms import Compose, Normalize, ToTensor
 
 from semret_ros.core.image import check_image, check_instance_ids
-from semret_ros.core.visual_prompt import VISUAL_PROMPTS, crop_region
+from semret_ros.core.refine import region_stats
+from semret_ros.core.visual_prompt import VISUAL_PROMPTS, crop_region, square_crop
 
 LOGGER = logging.getLogger(__name__)
 
@@ -360,7 +362,8 @@ class ClipEmbedder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) blended region features and the (D,) whole-image feature, in one batch.
 
-        Row i belongs to the pixels where ``instance_ids == i + 1``.
+        Row i belongs to the pixels where ``instance_ids == i + 1``. Validates the id image,
+        then works as :meth:`embed_regions`.
         """
         image = check_image(image)
         if num_regions < 0:
@@ -370,8 +373,35 @@ class ClipEmbedder:
             raise ValueError(
                 f"instance_ids shape {instance_ids.shape} does not match image {image.shape[:2]}"
             )
-        masks = [instance_ids == k for k in range(1, num_regions + 1)]
-        features = self._encode_crops([self._global_view(image), *self._crops(image, masks)])
+        return self.embed_regions(image, instance_ids, region_stats(instance_ids, num_regions)[0])
+
+    def embed_regions(
+        self, image: np.ndarray, instance_ids: np.ndarray, bboxes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed_frame` for an id image already validated, with its boxes.
+
+        Each region's crop is cut from its box, reading the id image only inside it, so no
+        full-size mask is built per region. ``bboxes`` are ``region_stats(instance_ids,
+        N)[0]``; the pipeline has them anyway and has validated its id image where it made
+        it, so nothing is checked twice per frame.
+
+        Raises:
+            ValueError: a region has no pixels (an empty box).
+        """
+        crops = [self._global_view(image)]
+        for index, (x, y, width, height) in enumerate(np.asarray(bboxes).tolist()):
+            if width == 0:
+                raise ValueError(f"instance id {index + 1} has no pixels: no region to crop")
+            crops.append(
+                square_crop(
+                    image,
+                    (x, y, width, height),
+                    functools.partial(_label_window, instance_ids, index + 1),
+                    self.config.visual_prompt,
+                    self.config.crop_padding,
+                )
+            )
+        features = self._encode_crops(crops)
         return self._blend(features[1:], features[0]), features[0]
 
     def embed_masks(
@@ -397,7 +427,8 @@ class ClipEmbedder:
 
     def _global_view(self, image: np.ndarray) -> np.ndarray:
         """The whole frame padded to a square, so the centre crop keeps all of it."""
-        return crop_region(image, np.ones(image.shape[:2], bool), "bbox_crop", padding=0.0)
+        height, width = image.shape[:2]
+        return square_crop(image, (0, 0, width, height), None, "bbox_crop", padding=0.0)
 
     def _crops(self, image: np.ndarray, masks: Sequence[np.ndarray]) -> list[np.ndarray]:
         crops = []
@@ -441,10 +472,11 @@ class ClipEmbedder:
             resize = Compose(transforms[:-2])
             pixels = np.stack([np.asarray(resize(Image.fromarray(crop))) for crop in crops])
             if pixels.ndim == 4 and pixels.dtype == np.uint8:
-                batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+                batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
                 mean = torch.as_tensor(transforms[-1].mean, dtype=batch.dtype).view(1, -1, 1, 1)
                 std = torch.as_tensor(transforms[-1].std, dtype=batch.dtype).view(1, -1, 1, 1)
-                return batch.sub(mean).div(std)
+                # In place: the same arithmetic without two more batch-sized allocations.
+                return batch.div_(255).sub_(mean).div_(std)
         return torch.stack([self.preprocess(Image.fromarray(crop)) for crop in crops])
 
     def _blend(self, regions: np.ndarray, global_feature: np.ndarray) -> np.ndarray:
@@ -525,6 +557,11 @@ class ClipEmbedder:
         """One image and one text pass, so the first real frame is not the slow one."""
         self._encode_crops([np.zeros((32, 32, 3), np.uint8)])
         self._encode_phrases(["object"])
+
+
+def _label_window(instance_ids: np.ndarray, label: int, rows: slice, cols: slice) -> np.ndarray:
+    """Mask of ``label`` over one window of an id image (see ``visual_prompt.square_crop``)."""
+    return instance_ids[rows, cols] == label
 
 
 def _finite(features: np.ndarray, which: str) -> np.ndarray:

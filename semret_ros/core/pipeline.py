@@ -26,7 +26,7 @@ from semret_ros.core.records import (
 )
 from semret_ros.core.refine import (
     RefineConfig,
-    assign_pixels_with_sources,
+    assign_proposals,
     merge_similar_regions,
     region_stats,
 )
@@ -94,26 +94,27 @@ class SemanticPipeline:
         The frame record keeps ``image`` itself, not a copy: hand over an array nobody
         modifies afterwards (``to_rgb`` always returns a fresh one).
 
-        Proposals become one non-overlapping id image first (see ``assign_pixels``), so each
-        pixel belongs to exactly one embedded region; touching regions whose embeddings are
-        near-identical are then merged, which undoes over-segmentation without another
-        encoder call.
+        Proposals become one non-overlapping id image first (see ``assign_proposals``), so
+        each pixel belongs to exactly one embedded region; touching regions whose embeddings
+        are near-identical are then merged, which undoes over-segmentation without another
+        encoder call. Every stage after the segmenter works on that id image and its boxes
+        (crops read it only inside each box), so a frame of a few hundred superpixels builds
+        no per-region full-size mask.
         """
         image = check_image(image)
-        regions = self.segmenter.segment(image)
-        instance_ids, sources = assign_pixels_with_sources(
-            regions, self.refine.min_area, shape=image.shape[:2]
+        instance_ids, scores = assign_proposals(
+            self.segmenter.segment(image), self.refine.min_area, image.shape[:2]
         )
-        scores = np.array([regions[i].score for i in sources], dtype=np.float32)
-        embeddings, global_embedding = self.embedder.embed_frame(image, instance_ids, len(sources))
-        if len(sources) > 1 and self.refine.merge_threshold <= 1.0:
+        bboxes, areas = region_stats(instance_ids, scores.size)
+        embeddings, global_embedding = self.embedder.embed_regions(image, instance_ids, bboxes)
+        if scores.size > 1 and self.refine.merge_threshold <= 1.0:
             instance_ids, embeddings, parent = merge_similar_regions(
                 instance_ids, embeddings, self.refine.merge_threshold
             )
             merged_scores = np.zeros(embeddings.shape[0], dtype=np.float32)
             np.maximum.at(merged_scores, parent - 1, scores)
             scores = merged_scores
-        bboxes, areas = region_stats(instance_ids, embeddings.shape[0])
+            bboxes, areas = region_stats(instance_ids, embeddings.shape[0])
         return SemanticFrame(
             stamp_ns=int(stamp_ns),
             frame_id=frame_id,

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semret_ros.core.image import check_instance_ids
+
 BBox = tuple[int, int, int, int]
 """Axis-aligned box (x, y, width, height) in pixels, as in sensor_msgs/RegionOfInterest."""
 
@@ -37,6 +39,30 @@ class Region:
     def from_mask(cls, mask: np.ndarray, score: float = 1.0) -> Region:
         mask = np.asarray(mask, dtype=bool)
         return cls(mask=mask, score=float(score), bbox=bbox_of_mask(mask))
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Non-overlapping proposals as one label image: what superpixel methods produce.
+
+    Handing the pipeline the label image itself, not one full-size mask per region, is what
+    keeps a frame of a few hundred superpixels cheap: every later stage (assignment, crops,
+    merging) works on this image and per-label slices of it. The labels are validated here,
+    once, where a segmenter's output enters the core.
+    """
+
+    labels: np.ndarray
+    """HxW int32: 0 = no proposal, k = proposal k (1..K); labels may be absent."""
+    scores: np.ndarray
+    """(K,) float32 segmenter quality of each label, in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        scores = np.asarray(self.scores, dtype=np.float32)
+        if scores.ndim != 1 or not np.all((scores >= 0) & (scores <= 1)):
+            raise ValueError(f"scores: expected (K,) values in [0, 1], got shape {scores.shape}")
+        labels = check_instance_ids(self.labels, scores.size).astype(np.int32, copy=False)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "scores", scores)
 
 
 @dataclass(frozen=True)

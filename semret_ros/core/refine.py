@@ -16,7 +16,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from semret_ros.core.image import check_instance_ids
-from semret_ros.core.records import Region
+from semret_ros.core.records import Region, Segmentation
 
 
 @dataclass
@@ -114,6 +114,48 @@ def assign_pixels(
     return assign_pixels_with_sources(regions, min_area, shape=shape)[0]
 
 
+def assign_labels(segmentation: Segmentation, min_area: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`assign_pixels_with_sources` for proposals that do not overlap, on their labels.
+
+    Nothing is contested, so the rule reduces to dropping labels under ``min_area`` pixels
+    (their pixels become 0) and numbering the rest 1..N in label order: one bincount and one
+    table lookup over the label image, the ids that painting one mask per label would give.
+
+    Returns:
+        ``(ids, sources)``: HxW int32 ids 1..N; (N,) int64, the label - 1 of each id.
+    """
+    if min_area < 0:
+        raise ValueError(f"min_area must be >= 0, got {min_area!r}")
+    areas = np.bincount(segmentation.labels.ravel(), minlength=segmentation.scores.size + 1)[1:]
+    sources = np.flatnonzero(areas >= max(min_area, 1))
+    lut = np.zeros(areas.size + 1, dtype=np.int32)
+    lut[sources + 1] = np.arange(1, sources.size + 1, dtype=np.int32)
+    return lut[segmentation.labels], sources.astype(np.int64)
+
+
+def assign_proposals(
+    proposals: Segmentation | list[Region], min_area: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One instance-id image from a segmenter's output, and the score of each id.
+
+    A label image (superpixels) is renumbered as it is (:func:`assign_labels`); overlapping
+    masks (SAM2) are painted by :func:`assign_pixels_with_sources`. Either way the result is
+    the pipeline's id image, validated here once for every later stage.
+
+    Returns:
+        ``(ids, scores)``: HxW int32 ids 1..N, 0 where no region; (N,) float32 scores.
+    """
+    if isinstance(proposals, Segmentation):
+        if proposals.labels.shape != tuple(shape):
+            raise ValueError(
+                f"segmentation labels have shape {proposals.labels.shape}, expected {shape}"
+            )
+        ids, sources = assign_labels(proposals, min_area)
+        return ids, proposals.scores[sources]
+    ids, sources = assign_pixels_with_sources(proposals, min_area, shape=shape)
+    return ids, np.array([proposals[i].score for i in sources], dtype=np.float32)
+
+
 def region_stats(instance_ids: np.ndarray, num_regions: int) -> tuple[np.ndarray, np.ndarray]:
     """Boxes and pixel counts of regions 1..N in one pass each over the image.
 
@@ -141,16 +183,16 @@ def region_stats(instance_ids: np.ndarray, num_regions: int) -> tuple[np.ndarray
 
 def touching_pairs(instance_ids: np.ndarray) -> np.ndarray:
     """(P, 2) int64 unique id pairs (a < b, both > 0) that share a 4-neighbour edge."""
-    ids = np.asarray(instance_ids).astype(np.int64)
-    left, right = ids[:, :-1].ravel(), ids[:, 1:].ravel()
-    top, bottom = ids[:-1, :].ravel(), ids[1:, :].ravel()
-    a = np.concatenate([left, top])
-    b = np.concatenate([right, bottom])
-    boundary = (a != b) & (a > 0) & (b > 0)
-    low = np.minimum(a[boundary], b[boundary])
-    high = np.maximum(a[boundary], b[boundary])
+    ids = np.asarray(instance_ids)
+    lows, highs = [], []
+    # Compared in the image's own dtype; only the boundary pixels are widened to int64.
+    for a, b in ((ids[:, :-1], ids[:, 1:]), (ids[:-1, :], ids[1:, :])):
+        boundary = (a != b) & (a > 0) & (b > 0)
+        a, b = a[boundary].astype(np.int64), b[boundary].astype(np.int64)
+        lows.append(np.minimum(a, b))
+        highs.append(np.maximum(a, b))
     stride = int(ids.max(initial=0)) + 1
-    codes = np.unique(low * stride + high)
+    codes = np.unique(np.concatenate(lows) * stride + np.concatenate(highs))
     return np.stack([codes // stride, codes % stride], axis=1)
 
 

@@ -1,8 +1,11 @@
 """Class-agnostic region proposals: weight-free superpixels or SAM2.
 
-Both segmenters share one interface (RGB uint8 in, :class:`Region` list out) so the pipeline
-never branches on which one it runs. Superpixels are the default because no SAM2 weights can be
-downloaded on the project's machines; SAM2 is used when a checkpoint file is configured.
+Both segmenters share one interface (RGB uint8 in, proposals out) so the pipeline never
+branches on which one it runs: superpixels hand over the label image they compute (a
+:class:`Segmentation`, no per-region mask), SAM2 its overlapping masks (a :class:`Region`
+list), and ``refine.assign_proposals`` turns either into the frame's instance-id image.
+Superpixels are the default because no SAM2 weights can be downloaded on the project's
+machines; SAM2 is used when a checkpoint file is configured.
 """
 
 from __future__ import annotations
@@ -11,17 +14,16 @@ import contextlib
 import hashlib
 import importlib.util
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from semret_ros.core.image import check_image
-from semret_ros.core.records import Prompt, Region, bbox_of_mask
-from semret_ros.core.refine import region_stats
+from semret_ros.core.records import Prompt, Region, Segmentation, bbox_of_mask
 
 SUPERPIXEL_METHODS = ("felzenszwalb", "slic")
 
@@ -111,8 +113,12 @@ class Segmenter(Protocol):
 
     name: str
 
-    def segment(self, image: np.ndarray) -> list[Region]:
-        """Propose regions (possibly overlapping) covering the objects in an RGB image."""
+    def segment(self, image: np.ndarray) -> Segmentation | list[Region]:
+        """Propose regions covering the objects in an RGB image.
+
+        A label image when the proposals do not overlap (cheapest for the pipeline), else
+        a list of possibly overlapping masks.
+        """
         ...
 
     def segment_prompted(self, image: np.ndarray, prompt: Prompt) -> Region | None:
@@ -190,38 +196,8 @@ def select_regions(labels: np.ndarray, prompt: Prompt, box_fraction: float = 0.5
 
 
 def _image_key(image: np.ndarray) -> tuple[tuple[int, ...], bytes]:
-    """Cheap identity of an image's content (~1 ms at 640x480) for one-slot caches."""
+    """Cheap identity of an image's content (~1 ms at 640x480) for SAM2's embedding cache."""
     return image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest()
-
-
-class _LastImageCache:
-    """Remembers the result computed for the most recent image.
-
-    Prompted segmentation usually follows ``segment`` on the same stored frame, so caching
-    the last image's superpixels or SAM2 embedding avoids recomputing them per prompt.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple[tuple[int, ...], bytes] | None = None
-        self._value: Any = None
-        self._lock = threading.Lock()
-
-    def get(self, image: np.ndarray, compute: Callable[[np.ndarray], Any]) -> Any:
-        key = _image_key(image)
-        with self._lock:
-            if key != self._key:
-                self._value = compute(image)
-                self._key = key
-            return self._value
-
-
-def _regions_from_labels(labels: np.ndarray, score: float) -> list[Region]:
-    """One region per positive label, with bboxes from a single pass over the image."""
-    bboxes, areas = region_stats(labels, int(labels.max(initial=0)))
-    return [
-        Region(mask=labels == index + 1, score=score, bbox=tuple(int(v) for v in bboxes[index]))
-        for index in np.flatnonzero(areas)
-    ]
 
 
 class SuperpixelSegmenter:
@@ -230,7 +206,6 @@ class SuperpixelSegmenter:
     def __init__(self, config: SuperpixelConfig) -> None:
         self.config = config
         self.name = f"superpixel:{config.method}"
-        self._cache = _LastImageCache()
 
     def labels(self, image: np.ndarray) -> np.ndarray:
         """HxW int32 superpixel labels 1..K covering every pixel (0 is never used)."""
@@ -266,15 +241,20 @@ class SuperpixelSegmenter:
         present = np.bincount(labels.ravel()) > 0
         return np.cumsum(present, dtype=np.int32)[labels]
 
-    def segment(self, image: np.ndarray) -> list[Region]:
-        """Non-overlapping regions, one per superpixel, each with score 1.0."""
-        return _regions_from_labels(self._cache.get(image, self.labels), 1.0)
+    def segment(self, image: np.ndarray) -> Segmentation:
+        """The superpixel label image as it is, each superpixel with score 1.0."""
+        labels = self.labels(image)
+        return Segmentation(labels=labels, scores=np.ones(int(labels.max()), np.float32))
 
     def segment_prompted(self, image: np.ndarray, prompt: Prompt) -> Region | None:
-        """Union of the superpixels the prompt selects (see :func:`select_regions`)."""
+        """Union of the superpixels the prompt selects (see :func:`select_regions`).
+
+        The pipeline's describe does not come here: it selects regions of the frame's own
+        id image. This recomputes the superpixels, for callers that hold only an image.
+        """
         image = check_image(image)
         check_prompt(prompt, image.shape[0], image.shape[1])
-        mask = select_regions(self._cache.get(image, self.labels), prompt)
+        mask = select_regions(self.labels(image), prompt)
         if not mask.any():
             return None
         return Region.from_mask(mask, 1.0)

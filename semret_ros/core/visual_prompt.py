@@ -12,10 +12,12 @@ CLIP mean colour, which the preprocess normalizes to zero, so the fill carries n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
-from semret_ros.core.records import bbox_of_mask
+from semret_ros.core.records import BBox, bbox_of_mask
 
 VISUAL_PROMPTS = ("masked_crop", "blur", "bbox_crop")
 """Modes accepted by :func:`crop_region`."""
@@ -62,10 +64,38 @@ def crop_region(
         raise ValueError(f"mode must be one of {VISUAL_PROMPTS}, got {mode!r}")
     if not padding >= 0.0:
         raise ValueError(f"padding must be >= 0, got {padding}")
-    x, y, w, h = bbox_of_mask(mask)
-    if w == 0:
+    bbox = bbox_of_mask(mask)
+    if bbox[2] == 0:
         raise ValueError("mask is empty: no region to crop")
+    return square_crop(
+        image,
+        bbox,
+        lambda rows, cols: mask[rows, cols].astype(bool, copy=False),
+        mode,
+        padding,
+        fill,
+        blur_sigma,
+    )
 
+
+def square_crop(
+    image: np.ndarray,
+    bbox: BBox,
+    inside: Callable[[slice, slice], np.ndarray] | None,
+    mode: str = "masked_crop",
+    padding: float = 0.1,
+    fill: tuple[int, int, int] = CLIP_MEAN_RGB,
+    blur_sigma: float = 0.1,
+) -> np.ndarray:
+    """:func:`crop_region` for a region known by its tight box, without a full-size mask.
+
+    ``inside(rows, cols)`` returns the region's boolean mask over that window of the image
+    only (e.g. ``ids[rows, cols] == k`` for an instance-id image), so a frame of a few
+    hundred regions costs a few hundred small windows instead of as many HxW masks. It may
+    be None for "bbox_crop", which never looks at the mask. The arguments are trusted
+    (:func:`crop_region` and the embedder's config validate them): ``bbox`` is non-empty.
+    """
+    x, y, w, h = bbox
     side = max(w, h) + 2 * round(padding * max(w, h))
     # Square window centred on the bbox, in image coordinates (may extend past the edges).
     x0 = x + (w - side) // 2
@@ -75,16 +105,19 @@ def crop_region(
     ix1, iy1 = min(x0 + side, image.shape[1]), min(y0 + side, image.shape[0])
 
     window = image[iy0:iy1, ix0:ix1]
-    if mode != "bbox_crop":
-        inside = mask[iy0:iy1, ix0:ix1].astype(bool, copy=False)
-        if mode == "masked_crop":
-            window = np.where(inside[..., None], window, np.asarray(fill, np.uint8))
-        else:
-            window = np.where(inside[..., None], window, _heavy_blur(window, blur_sigma * side))
-
     crop = np.empty((side, side, 3), np.uint8)
     crop[...] = np.asarray(fill, np.uint8)
-    crop[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = window
+    target = crop[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+    if mode == "bbox_crop":
+        target[...] = window
+        return crop
+    if inside is None:
+        raise ValueError(f"mode {mode!r} needs the region's mask")
+    region = inside(slice(iy0, iy1), slice(ix0, ix1))[..., None]
+    if mode == "blur":
+        target[...] = _heavy_blur(window, blur_sigma * side)
+    # Written in place: no window-sized temporaries per region.
+    np.copyto(target, window, where=region)
     return crop
 
 
