@@ -71,10 +71,10 @@ test: build lint
 	exit $$rc
 
 model: build
-	$(PY) -m semret_ros.train $(MODEL_ARGS)
+	$(PY) -m semret_ros.tools.train $(MODEL_ARGS)
 
 demo: build
-	$(PY) -m semret_ros.demo $(DEMO_ARGS)
+	$(PY) -m semret_ros.tools.demo $(DEMO_ARGS)
 
 # Removes the build tree and what it installed into the venv; keeps the venv itself.
 clean:

@@ -28,10 +28,10 @@ from rclpy.qos import qos_profile_sensor_data
 from semret_ros.msg import SemanticFrame
 from sensor_msgs.msg import Image
 
-from semret_ros.conversions import make_header, numpy_to_image
-from semret_ros.dds import apply_default_dds_profile
-from semret_ros.qos import OUTPUT_QOS
-from semret_ros.shapes_world import generate_scene
+from semret_ros.ros.conversions import make_header, numpy_to_image
+from semret_ros.ros.dds import apply_default_dds_profile
+from semret_ros.ros.qos import OUTPUT_QOS
+from semret_ros.shapes.world import generate_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = (

@@ -34,7 +34,7 @@ import torch
 from semret_ros.core import pipeline as current_pipeline
 from semret_ros.core.embedder import LOCAL_DIR_PREFIX, default_model_dir
 from semret_ros.core.records import SemanticFrame
-from semret_ros.shapes_world import generate_scene
+from semret_ros.shapes.world import generate_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE_COMMIT = "5d3eeec"

@@ -22,7 +22,7 @@ from semret_ros.core.pipeline import SemanticPipeline
 from semret_ros.core.records import SemanticFrame
 from semret_ros.core.refine import RefineConfig, region_stats
 from semret_ros.core.segmenters import SuperpixelConfig, build_segmenter
-from semret_ros.shapes_world import generate_scene
+from semret_ros.shapes.world import generate_scene
 
 
 def grid_ids(height: int, width: int, rows: int, cols: int) -> np.ndarray:

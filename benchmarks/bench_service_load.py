@@ -33,14 +33,14 @@ TINY_CLIP = {
 
 def run_client(qos_name: str, calls: int, start_at: float, timeout: float) -> dict:
     """One client process: wait for the service, then fire ``calls`` requests at once."""
-    from semret_ros.dds import apply_default_dds_profile
+    from semret_ros.ros.dds import apply_default_dds_profile
 
     apply_default_dds_profile()
     import rclpy
     from rclpy.qos import qos_profile_services_default
     from semret_ros.srv import Query
 
-    from semret_ros.qos import SERVICE_QOS
+    from semret_ros.ros.qos import SERVICE_QOS
 
     rclpy.init()
     node = rclpy.create_node(f"bench_client_{os.getpid()}")
@@ -133,7 +133,7 @@ def main() -> int:
         print(json.dumps(run_client(args.client, args.calls, args.start_at, args.timeout)))
         return 0
 
-    from semret_ros.dds import apply_default_dds_profile
+    from semret_ros.ros.dds import apply_default_dds_profile
 
     apply_default_dds_profile()
     domain = os.environ.get("ROS_DOMAIN_ID") or str(random.randint(30, 100))

@@ -41,7 +41,7 @@ LEGACY_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
 def _dds_profile(context: LaunchContext) -> list:
     """Point Fast DDS at the shipped profile unless the user chose a profile or another RMW.
 
-    The same rule as the console commands (semret_ros.dds.apply_default_dds_profile), applied
+    The same rule as the console commands (semret_ros.ros.dds.apply_default_dds_profile), applied
     to the launch's environment so that every later process of this launch gets it.
     """
     environment = getattr(context, "environment", os.environ)  # launch < Humble: os.environ

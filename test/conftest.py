@@ -11,7 +11,8 @@ Fixtures (all session-scoped unless noted):
 * ``tiny_clip_cfg`` -- the open_clip architecture dict (ModifiedResNet [1, 1, 1, 1], width 16,
   64 px input, 64-d embedding, 1-layer 64-wide text tower, 32-token context).
 * ``tiny_clip_dir`` -- folder in ``local-dir:`` format (``open_clip_config.json`` +
-  ``open_clip_model.safetensors``); pass ``pretrained=f"local-dir:{tiny_clip_dir}"``.
+  ``open_clip_model.safetensors`` + ``vocabulary.txt`` listing :data:`TINY_VOCABULARY`);
+  pass ``pretrained=f"local-dir:{tiny_clip_dir}"``.
 * ``tiny_clip_checkpoint`` -- the same weights as a ``torch.save`` state dict (``.pt``); pair it
   with ``model_name=f"local-dir:{tiny_clip_dir}"`` for the architecture.
 * ``tiny_clip_model`` -- the in-memory model both files were written from (eval mode), the
@@ -33,7 +34,7 @@ import open_clip
 import pytest
 import torch
 
-from semret_ros.core.embedder import ClipConfig, ClipEmbedder, save_clip_dir
+from semret_ros.core.embedder import VOCABULARY_FILE, ClipConfig, ClipEmbedder, save_clip_dir
 
 
 def pytest_configure(config):
@@ -47,6 +48,8 @@ TINY_CLIP_CFG = {
     "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
+TINY_VOCABULARY = ("red box", "blue disc", "green bar", "grey floor")
+"""The names the tiny model's folder lists in its vocabulary file (the default for describe)."""
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +64,7 @@ def tiny_clip_dir(tmp_path_factory, tiny_clip_cfg):
     torch.manual_seed(0)
     model = open_clip.create_model(f"local-dir:{folder}", load_weights=False).eval()
     save_clip_dir(model, tiny_clip_cfg, folder)
+    (folder / VOCABULARY_FILE).write_text("\n".join(TINY_VOCABULARY) + "\n")
     return folder
 
 

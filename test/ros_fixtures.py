@@ -19,7 +19,7 @@ from typing import IO
 
 import pytest
 
-from semret_ros.dds import apply_default_dds_profile
+from semret_ros.ros.dds import apply_default_dds_profile
 
 _DOMAIN_IDS = range(1, 102)  # 0 is everybody's default; ids above 101 may clash with ports
 

@@ -23,7 +23,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile
 
-from semret_ros.qos import SERVICE_QOS
+from semret_ros.ros.qos import SERVICE_QOS
 
 VENV_BIN = Path(sys.executable).parent
 

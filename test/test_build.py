@@ -126,7 +126,10 @@ def test_semantic_frame_serializes_through_the_generated_typesupport():
 
 
 def test_installed_package_holds_interfaces_and_modules_together():
-    code = "import semret_ros.dds, semret_ros.msg, semret_ros.srv; print(semret_ros.dds.__file__)"
+    code = (
+        "import semret_ros.ros.dds, semret_ros.msg, semret_ros.srv; "
+        "print(semret_ros.ros.dds.__file__)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True
     )
@@ -134,7 +137,7 @@ def test_installed_package_holds_interfaces_and_modules_together():
 
 
 def test_share_holds_config_with_the_dds_profile():
-    code = "from semret_ros.dds import default_profile_path; print(default_profile_path())"
+    code = "from semret_ros.ros.dds import default_profile_path; print(default_profile_path())"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True
     )

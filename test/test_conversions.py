@@ -10,7 +10,8 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from semret_ros.conversions import (
+from semret_ros.core.records import Match, SemanticFrame
+from semret_ros.ros.conversions import (
     camera_image_to_array,
     compressed_image_to_array,
     copy_header,
@@ -22,7 +23,6 @@ from semret_ros.conversions import (
     numpy_to_image,
     semantic_frame_to_msg,
 )
-from semret_ros.core.records import Match, SemanticFrame
 
 RNG = np.random.default_rng(7)
 

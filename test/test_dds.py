@@ -50,7 +50,7 @@ def test_users_choice_wins(clean_env, name, value):
 def _shm_mapping_bytes(env: dict[str, str]) -> int:
     """Largest Fast DDS shared-memory segment mapped by a fresh rclpy process."""
     code = (
-        "from semret_ros.dds import apply_default_dds_profile\n"
+        "from semret_ros.ros.dds import apply_default_dds_profile\n"
         "apply_default_dds_profile()\n"
         "import rclpy\n"
         "rclpy.init()\n"

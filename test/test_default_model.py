@@ -8,9 +8,9 @@ never saw, so they fail if the shipped weights, the crop path or the preprocess 
 import numpy as np
 import pytest
 
-from semret_ros import shapes_world as sw
 from semret_ros.core.embedder import ClipConfig, ClipEmbedder, default_model_dir, load_clip
-from semret_ros.train import zero_shot_accuracy
+from semret_ros.shapes import world as sw
+from semret_ros.tools.train import zero_shot_accuracy
 
 FLOORS = {
     "seen/full": 0.94,

@@ -1,5 +1,5 @@
-"""The demo end to end (``python -m semret_ros.demo``, what ``make demo`` runs), on small scenes
-with a random-init model: the node really starts, frames and answers really cross processes.
+"""The demo end to end (``python -m semret_ros.tools.demo``, what ``make demo`` runs), on small
+scenes with a random-init model: the node really starts, frames and answers really cross processes.
 
 A random model's answers are noise, so the checks are on plumbing: every planned request is
 answered from the right frame, the table and the files appear, and a node that cannot start
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import ros_fixtures
 
-from semret_ros.demo import interior_point, query_plan, region_relevance
-from semret_ros.shapes_world import generate_scene
+from semret_ros.shapes.world import generate_scene
+from semret_ros.tools.demo import interior_point, query_plan, region_relevance
 
 ros_env = ros_fixtures.ros_env  # a ROS domain of this session's own, loopback discovery
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ needs_node = pytest.mark.skipif(not NODE.exists(), reason=f"{NODE} missing: run 
 
 def run_demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "semret_ros.demo", *args],
+        [sys.executable, "-m", "semret_ros.tools.demo", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from semret_ros.node_config import PARAMETERS
+from semret_ros.ros.params import PARAMETERS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

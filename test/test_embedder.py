@@ -13,18 +13,22 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import TINY_VOCABULARY
 from huggingface_hub import try_to_load_from_cache
 from PIL import Image
 
 from semret_ros.core.embedder import (
     RANDOM_WEIGHTS,
+    VOCABULARY_FILE,
     ClipConfig,
     ClipEmbedder,
     default_model_dir,
     load_clip,
+    model_vocabulary,
 )
 from semret_ros.core.refine import region_stats
 from semret_ros.core.visual_prompt import crop_region
+from semret_ros.shapes.world import ALL_COMBOS
 
 PROBE_IMAGE = torch.linspace(-1.0, 1.0, 3 * 64 * 64).reshape(1, 3, 64, 64)
 
@@ -367,3 +371,20 @@ def test_text_cache_eviction_by_another_thread_never_loses_a_phrase(tiny_clip_co
     for thread in threads:
         thread.join()
     assert not errors, errors
+
+
+def test_a_model_folder_brings_its_vocabulary(tiny_clip_dir, tmp_path):
+    folder = f"local-dir:{tiny_clip_dir}"
+    assert model_vocabulary("tiny", folder) == TINY_VOCABULARY
+    assert model_vocabulary(folder, None) == TINY_VOCABULARY
+    (tmp_path / VOCABULARY_FILE).write_text("# names\nred mug\n\n  door  \n")
+    assert model_vocabulary("x", f"local-dir:{tmp_path}") == ("red mug", "door")
+    # No vocabulary file, a hub tag, random weights: nothing to offer.
+    assert model_vocabulary("x", f"local-dir:{tmp_path / 'missing'}") == ()
+    assert model_vocabulary("ViT-B-32", "openai") == ()
+    assert model_vocabulary("ViT-B-32", "random") == ()
+
+
+def test_the_shipped_model_lists_what_it_was_trained_on():
+    names = model_vocabulary("shapes_default", ClipConfig().pretrained)
+    assert names == tuple(f"{color} {shape}" for color, shape in ALL_COMBOS)

@@ -13,17 +13,16 @@ import cv2
 import numpy as np
 import pytest
 
-from semret_ros.evaluate import (
+from semret_ros.core.metrics import hit_at_1
+from semret_ros.shapes.world import KINDS, generate_scene
+from semret_ros.tools.evaluate import (
     GROUPS,
-    KINDS,
     GroundTruthSegmenter,
-    hit_at_1,
     is_ambiguous,
     main,
     majority_objects,
     region_ious,
 )
-from semret_ros.shapes_world import generate_scene
 
 UNIT_KEYS = ("hit_at_1", "hit_ceiling", "mean_top_iou", "mean_mask_iou", "mean_oracle_iou")
 SLM_KEYS = ("rsu", "ras", "rda", "rmi")

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_VOCABULARY
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import Parameter as ParameterMsg
@@ -34,8 +35,8 @@ from semret_ros.srv import Describe, Label, Query
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_srvs.srv import SetBool
 
-from semret_ros.conversions import image_to_numpy
-from semret_ros.node_config import DEFAULT_VOCABULARY, PARAMETERS
+from semret_ros.ros.conversions import image_to_numpy
+from semret_ros.ros.params import PARAMETERS
 
 pytestmark = pytest.mark.ros
 
@@ -316,7 +317,8 @@ def test_describe_segments_the_pointed_object_and_ranks_names(graph, camera, fra
     assert (response.mask.encoding, mask.shape) == ("mono8", (HEIGHT, WIDTH))
     assert mask[y, x] == 255
     np.testing.assert_array_equal(mask == 255, ids == ids[y, x])
-    assert sorted(response.labels) == sorted(DEFAULT_VOCABULARY)
+    # No vocabulary in the request or the parameters: the model folder's vocabulary file.
+    assert sorted(response.labels) == sorted(TINY_VOCABULARY)
     assert list(response.scores) == sorted(response.scores, reverse=True)
     assert all(0.0 <= s <= 1.0 for s in response.scores)
 

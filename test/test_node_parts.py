@@ -8,9 +8,9 @@ import time
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
-from semret_ros.health import HealthMonitor, diagnostic_status
-from semret_ros.node import KindThrottle, LatestSlot
-from semret_ros.node_config import phrase_list
+from semret_ros.ros.health import HealthMonitor, diagnostic_status
+from semret_ros.ros.node import KindThrottle, LatestSlot
+from semret_ros.ros.params import phrase_list
 
 pytestmark = pytest.mark.ros
 

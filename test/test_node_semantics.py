@@ -5,6 +5,8 @@ when the node stops finding things (a wrong crop, a broken blend, a mixed-up id 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from rclpy.qos import qos_profile_sensor_data
 from ros_fixtures import ros_env  # noqa: F401 - the fixture, used by name
@@ -14,17 +16,40 @@ from semret_ros.srv import Query
 from sensor_msgs.msg import Image
 from test_node import RELIABLE, ROOT, image_msg, stamp_of
 
-from semret_ros.conversions import image_to_numpy
 from semret_ros.core.metrics import iou
-from semret_ros.shapes_world import generate_scene
+from semret_ros.ros.conversions import image_to_numpy
+from semret_ros.shapes.world import generate_scene
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 SEEDS = (101, 102, 103)
+REPUBLISH_S = 5.0
+"""A frame takes 0.3-1 s to process on 2 cores; not out after this long, it was lost."""
 HIT_FLOOR = 0.8
 """Measured 1.0 (20/20 queries) on these seeds; ``semret-eval`` gives 0.959 seen / 0.909
 held-out over 30 scenes. The floor leaves room for other torch builds, not for a broken
 pipeline (a random model scores about 1 / number of regions)."""
+
+
+def publish_until_processed(camera, frames: list, message: Image, timeout: float = 180.0):
+    """Publish ``message`` as a camera does, again every few seconds, until its frame is out.
+
+    BEST_EFFORT delivery may drop a frame (a real camera sends the next one); a single publish
+    left the test waiting for a frame that was never going to come.
+    """
+    stamp = stamp_of(message)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        camera.publish(message)
+        try:
+            return wait_until(
+                lambda: next((f for f in frames if stamp_of(f) == stamp), None),
+                REPUBLISH_S,
+                "",
+            )
+        except AssertionError:
+            continue
+    raise AssertionError(f"no SemanticFrame for stamp {stamp} within {timeout:g} s")
 
 
 def test_the_node_finds_objects_by_name_with_the_shipped_model(ros_env, tmp_path):  # noqa: F811
@@ -40,12 +65,12 @@ def test_the_node_finds_objects_by_name_with_the_shipped_model(ros_env, tmp_path
         for index, seed in enumerate(SEEDS):
             scene = generate_scene(seed, hard=True, min_held_out=1)
             stamp = (1_800_000_000 + index) * 1_000_000_000
-            camera.publish(image_msg(scene.image, "rgb8", stamp))
-            frame = wait_until(
-                lambda stamp=stamp: next((f for f in frames if stamp_of(f) == stamp), None),
-                120,
-                f"the frame of scene {seed}",
-            )
+            try:
+                frame = publish_until_processed(
+                    camera, frames, image_msg(scene.image, "rgb8", stamp)
+                )
+            except AssertionError as error:
+                raise AssertionError(f"{error}; node log:\n{process.log()[-4000:]}") from None
             ids = image_to_numpy(frame.instance_ids)
             for obj in scene.objects:
                 # A tiny threshold ranks every region (0 would mean the node's 0.5).

@@ -22,9 +22,9 @@ from rclpy.serialization import serialize_message
 from ros_graph import VENV_BIN, Graph
 from sensor_msgs.msg import Image
 
-from semret_ros.conversions import image_to_numpy, make_header, numpy_to_image
-from semret_ros.dds import PROFILE_ENV
-from semret_ros.shapes_world import generate_scene
+from semret_ros.ros.conversions import image_to_numpy, make_header, numpy_to_image
+from semret_ros.ros.dds import PROFILE_ENV
+from semret_ros.shapes.world import generate_scene
 
 ros_env = ros_fixtures.ros_env  # a ROS domain of this session's own, loopback discovery
 PLAY = VENV_BIN / "semret-play"

@@ -3,7 +3,7 @@
 import pytest
 from rclpy.qos import HistoryPolicy, ReliabilityPolicy
 
-from semret_ros.qos import SERVICE_QOS, camera_qos
+from semret_ros.ros.qos import SERVICE_QOS, camera_qos
 
 
 @pytest.mark.parametrize(

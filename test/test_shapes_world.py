@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from semret_ros import shapes_world as sw
-from semret_ros.train import ShapesDataset, positives
+from semret_ros.shapes import world as sw
+from semret_ros.tools.train import ShapesDataset, positives
 
 
 def _identity(x):

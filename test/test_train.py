@@ -9,9 +9,9 @@ import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from safetensors.torch import load_file
 
-from semret_ros import shapes_world as sw
-from semret_ros.core.embedder import load_clip
-from semret_ros.train import (
+from semret_ros.core.embedder import load_clip, model_vocabulary
+from semret_ros.shapes import world as sw
+from semret_ros.tools.train import (
     CHECKPOINT_NAME,
     WILDCARD,
     contrastive_loss,
@@ -77,6 +77,10 @@ def test_shapes_training_loss_falls_and_reloads_identically(tmp_path, tiny_cfg_f
     config = json.loads((out / "open_clip_config.json").read_text())
     assert config["model_cfg"] == TINY
     assert {"mean", "std"} <= set(config["preprocess_cfg"])
+    # The names it was trained on go with it, as ~/describe's default candidates.
+    assert model_vocabulary("trained", f"local-dir:{out}") == tuple(
+        f"{color} {shape}" for color, shape in sw.ALL_COMBOS
+    )
 
 
 def test_fp16_export_halves_the_weights_and_still_loads(tmp_path, tiny_cfg_file):
@@ -131,6 +135,7 @@ def test_folder_dataset_trains_and_reloads(tmp_path, tiny_cfg_file, fmt):
     model, pre, tok = load_clip("folder", f"local-dir:{out}")
     img, txt = _features(model, tok, pre)
     assert img.shape == (1, 32) and txt.shape == (2, 32)
+    assert model_vocabulary("folder", f"local-dir:{out}") == ()  # open captions: no closed list
 
 
 def test_bad_caption_files_are_rejected(tmp_path):

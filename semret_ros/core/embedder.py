@@ -63,6 +63,26 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "shapes_default"
 
 
+VOCABULARY_FILE = "vocabulary.txt"
+"""In a ``local-dir:`` model folder: the names the model was trained to know, one per line."""
+
+
+def model_vocabulary(model_name: str, pretrained: str | None) -> tuple[str, ...]:
+    """The names a local model folder says it knows (its vocabulary file), or ().
+
+    A model trained on a closed world (the shipped shapes model) only understands its own
+    names, so they travel with its weights rather than living in any caller's defaults.
+    """
+    for spelling in (pretrained or "", model_name):
+        if spelling.startswith(LOCAL_DIR_PREFIX):
+            path = Path(spelling[len(LOCAL_DIR_PREFIX) :]).expanduser() / VOCABULARY_FILE
+            if not path.is_file():
+                return ()
+            lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+            return tuple(line for line in lines if line and not line.startswith("#"))
+    return ()
+
+
 @dataclass
 class ClipConfig:
     """How regions and phrases are embedded.

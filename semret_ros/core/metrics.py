@@ -295,3 +295,29 @@ def mean_iou(
         raise ValueError("target: no pixels or classes left to evaluate after ignore_index")
     per_class = {int(c): iou(pred == c, true == c) for c in classes}
     return float(np.mean(list(per_class.values()))), per_class
+
+
+HIT_IOU = 0.5
+"""hit@1: the top-ranked region must overlap the named object at least this much (IoU)."""
+
+
+def top_region(relevance: np.ndarray) -> int:
+    """0-based index of the best-ranked region (first on ties); -1 for a frame without regions."""
+    scores = np.asarray(relevance, dtype=np.float64).reshape(-1)
+    return int(np.argmax(scores)) if scores.size else -1
+
+
+def hit_at_1(
+    instance_ids: np.ndarray, relevance: np.ndarray, target: np.ndarray, min_iou: float = HIT_IOU
+) -> tuple[bool, float]:
+    """Whether the top-ranked region (argmax relevance, no threshold) is the named object.
+
+    Returns (hit, IoU of that region with ``target``). Ranking rather than thresholding makes
+    the measure independent of the threshold a user picks; the threshold is judged separately
+    by the query mask's IoU.
+    """
+    best = top_region(relevance)
+    if best < 0:
+        return False, 0.0
+    overlap = iou(np.asarray(instance_ids) == best + 1, target)
+    return overlap >= min_iou, overlap

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from semret_ros.core.embedder import ClipConfig, ClipEmbedder
+from semret_ros.core.embedder import ClipConfig, ClipEmbedder, model_vocabulary
 from semret_ros.core.image import check_image
 from semret_ros.core.records import (
     DescribeResult,
@@ -262,5 +262,6 @@ def build_pipeline(config: PipelineConfig) -> SemanticPipeline:
         ClipEmbedder(config.clip),
         refine=config.refine,
         query=config.query,
-        vocabulary=config.vocabulary,
+        vocabulary=config.vocabulary
+        or model_vocabulary(config.clip.model_name, config.clip.pretrained),
     )

@@ -31,7 +31,6 @@ from semret_ros.core.pipeline import PipelineConfig
 from semret_ros.core.refine import RefineConfig
 from semret_ros.core.scoring import QueryConfig, check_phrases
 from semret_ros.core.segmenters import Sam2Config, SuperpixelConfig
-from semret_ros.shapes_world import ALL_COMBOS
 
 ParamValue = bool | int | float | str | list[str]
 
@@ -40,10 +39,6 @@ _SAM2 = Sam2Config()
 _CLIP = ClipConfig()
 _REFINE = RefineConfig()
 _QUERY = QueryConfig()
-
-DEFAULT_VOCABULARY = tuple(f"{color} {shape}" for color, shape in ALL_COMBOS)
-"""Candidate names for ~/describe when a request brings none: what the embedded default model
-knows (the shapes world). Set your own objects when you configure real CLIP weights."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +113,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     _spec(
         "vocabulary",
-        list(DEFAULT_VOCABULARY),
-        "Candidate names ~/describe ranks when a request brings none: the shapes-world names the "
-        "embedded default model knows; list your objects when you use real CLIP weights.",
+        [],
+        "Candidate names ~/describe ranks when a request brings none; empty: the names listed "
+        "in the CLIP model folder's vocabulary.txt (the embedded model's 64 shapes-world names). "
+        "List your objects when you use real CLIP weights.",
         read_only=False,
     ),
     _spec("device", "cpu", "Torch device of the models (cpu, cuda, cuda:1) unless set per model."),

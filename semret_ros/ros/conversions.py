@@ -277,3 +277,21 @@ def semantic_frame_to_msg(
         global_embedding=_float32_array(frame.global_embedding, "global_embedding"),
         model=frame.model,
     )
+
+
+PLAYER_ENCODINGS = ("rgb8", "bgr8", "mono8")
+"""Encodings a camera stand-in (semret-play, the demo) can publish an RGB frame in."""
+
+
+def rgb_to_image(rgb: np.ndarray, encoding: str, header: Header) -> Image:
+    """An Image in ``encoding`` (rgb8, bgr8 or mono8) of an RGB frame."""
+    if encoding == "rgb8":
+        return numpy_to_image(rgb, "rgb8", header)
+    if encoding == "mono8":
+        return numpy_to_image(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), "mono8", header)
+    if encoding == "bgr8":
+        # Same layout as rgb8 with the channels swapped; conversions encodes the rgb8 layout.
+        message = numpy_to_image(np.ascontiguousarray(rgb[..., ::-1]), "rgb8", header)
+        message.encoding = "bgr8"
+        return message
+    raise ValueError(f"encoding must be one of {', '.join(PLAYER_ENCODINGS)}, got {encoding!r}")

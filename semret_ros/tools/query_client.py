@@ -23,17 +23,15 @@ from typing import Any
 import numpy as np
 import rclpy
 from geometry_msgs.msg import Point
-from rclpy.client import Client
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import RegionOfInterest
 
-from semret_ros.conversions import image_to_numpy
 from semret_ros.core import viz
-from semret_ros.dds import apply_default_dds_profile
 from semret_ros.msg import Segment
-from semret_ros.qos import SERVICE_QOS
+from semret_ros.ros.client import call
+from semret_ros.ros.conversions import image_to_numpy
+from semret_ros.ros.dds import apply_default_dds_profile
 from semret_ros.srv import Describe, Label, Query
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -134,38 +132,6 @@ def _request(kind: str, args: argparse.Namespace) -> tuple[type, Any]:
         vocabulary=args.vocabulary or [],
     )
     return Describe, request
-
-
-def call(
-    node: Node,
-    srv_type: type,
-    name: str,
-    request: Any,
-    timeout: float,
-    client: Client | None = None,
-) -> tuple[Any | None, str]:
-    """Call a semret service with :data:`SERVICE_QOS`; (response, "") or (None, why not).
-
-    Pass a ``client`` (made with :data:`SERVICE_QOS`) to reuse it: a new client must first be
-    discovered by the server, which costs more than the call itself on repeated requests.
-    """
-    own_client = client is None
-    if client is None:
-        client = node.create_client(srv_type, name, qos_profile=SERVICE_QOS)
-    try:
-        if not client.wait_for_service(timeout_sec=timeout):
-            return None, (
-                f"service {name} is not available after {timeout:g} s: is semret_node running, "
-                "with the same ROS_DOMAIN_ID and node name?"
-            )
-        future = client.call_async(request)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
-        if not future.done():
-            return None, f"no answer from {name} within {timeout:g} s"
-        return future.result(), ""
-    finally:
-        if own_client:
-            node.destroy_client(client)
 
 
 def _segments_table(segments: Sequence[Segment]) -> str:

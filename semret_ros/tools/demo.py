@@ -39,17 +39,15 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from semret_ros.conversions import header_to_stamp, image_to_numpy, make_header
 from semret_ros.core import viz
 from semret_ros.core.embedder import CONFIG_FILE, default_model_dir
-from semret_ros.core.metrics import iou
-from semret_ros.dds import apply_default_dds_profile
-from semret_ros.evaluate import HIT_IOU, hit_at_1, query_phrase
+from semret_ros.core.metrics import HIT_IOU, hit_at_1, iou
 from semret_ros.msg import SemanticFrame as SemanticFrameMsg
-from semret_ros.play import rgb_to_image
-from semret_ros.qos import SERVICE_QOS, camera_qos
-from semret_ros.query_client import call
-from semret_ros.shapes_world import ALL_COMBOS, Scene, SceneObject, generate_scene
+from semret_ros.ros.client import call
+from semret_ros.ros.conversions import header_to_stamp, image_to_numpy, make_header, rgb_to_image
+from semret_ros.ros.dds import apply_default_dds_profile
+from semret_ros.ros.qos import SERVICE_QOS, camera_qos
+from semret_ros.shapes.world import ALL_COMBOS, Scene, SceneObject, generate_scene, query_phrase
 from semret_ros.srv import Describe, Label, Query
 
 NAMESPACE = "/semret_demo"
@@ -78,7 +76,7 @@ class Row:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m semret_ros.demo",
+        prog="python -m semret_ros.tools.demo",
         description="Start semret_node, play shapes-world scenes into it, query it, "
         "print a table and write overlays.",
     )
@@ -379,7 +377,7 @@ class Demo:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m semret_ros.demo``; non-zero if the node fails or errs."""
+    """Entry point of ``python -m semret_ros.tools.demo``; non-zero if the node fails or errs."""
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     apply_default_dds_profile()

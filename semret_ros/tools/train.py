@@ -1,7 +1,7 @@
 """`semret-train`: contrastive training of a small open_clip model on image-caption pairs.
 
 No pretrained CLIP weights can be had where this project runs, so the embedded default model
-is trained here on the shapes world (:mod:`semret_ros.shapes_world`); the same tool trains on a
+is trained here on the shapes world (:mod:`semret_ros.shapes.world`); the same tool trains on a
 user's folder of captioned images. The output folder is open_clip's ``local-dir`` format, which
 the core embedder loads like any other checkpoint.
 
@@ -30,8 +30,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from semret_ros import shapes_world as sw
-from semret_ros.core.embedder import save_clip_dir
+from semret_ros.core.embedder import VOCABULARY_FILE, save_clip_dir
+from semret_ros.shapes import world as sw
 
 DEFAULT_MODEL_CFG: dict = {
     "embed_dim": 128,
@@ -457,6 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar.close()
     model.eval()
     export_local_dir(model, model_cfg, args.output, args.fp16)
+    if args.data == "shapes":
+        # What the model knows travels with it: ~/describe's default candidate names.
+        names = [f"{color} {shape}" for color, shape in sw.ALL_COMBOS]
+        (args.output / VOCABULARY_FILE).write_text("\n".join(names) + "\n")
     summary = {
         "steps": step,
         "seconds_this_run": round(time.monotonic() - t0, 1),

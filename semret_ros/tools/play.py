@@ -33,14 +33,18 @@ from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from semret_ros.conversions import compressed_image_to_array, make_header, numpy_to_image
-from semret_ros.dds import PROFILE_ENV, apply_default_dds_profile, default_profile_path
-from semret_ros.qos import camera_qos
+from semret_ros.ros.conversions import (
+    PLAYER_ENCODINGS,
+    compressed_image_to_array,
+    make_header,
+    rgb_to_image,
+)
+from semret_ros.ros.dds import PROFILE_ENV, apply_default_dds_profile, default_profile_path
+from semret_ros.ros.qos import camera_qos
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
-ENCODINGS = ("rgb8", "bgr8", "mono8")
 DEFAULT_RATE_HZ = 10.0
 _MAX_BAG_GAP_S = 5.0
 """A longer pause between two recorded frames is shortened to this (a paused recording)."""
@@ -172,7 +176,7 @@ class ShapesScenes:
     """Generated shapes-world scenes with seeds seed, seed + 1, ..., rendered once up front."""
 
     def __init__(self, count: int, seed: int, hard: bool, width: int, height: int) -> None:
-        from semret_ros.shapes_world import generate_scene
+        from semret_ros.shapes.world import generate_scene
 
         if count < 1:
             raise SourceError(f"--shapes must be >= 1, got {count}")
@@ -212,20 +216,6 @@ def open_source(args: argparse.Namespace) -> Source:
     return VideoFile(path)
 
 
-def rgb_to_image(rgb: np.ndarray, encoding: str, header: Header) -> Image:
-    """An Image in ``encoding`` (rgb8, bgr8 or mono8) of an RGB frame."""
-    if encoding == "rgb8":
-        return numpy_to_image(rgb, "rgb8", header)
-    if encoding == "mono8":
-        return numpy_to_image(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), "mono8", header)
-    if encoding == "bgr8":
-        # Same layout as rgb8 with the channels swapped; conversions encodes the rgb8 layout.
-        message = numpy_to_image(np.ascontiguousarray(rgb[..., ::-1]), "rgb8", header)
-        message.encoding = "bgr8"
-        return message
-    raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semret-play",
@@ -260,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="publisher reliability; best_effort like camera drivers (default)",
     )
     parser.add_argument("--depth", type=int, default=5, help="publisher queue depth (KEEP_LAST)")
-    parser.add_argument("--encoding", choices=ENCODINGS, default="rgb8", help="image encoding")
+    parser.add_argument(
+        "--encoding", choices=PLAYER_ENCODINGS, default="rgb8", help="image encoding"
+    )
     parser.add_argument(
         "--wait-subscribers",
         type=float,

@@ -612,3 +612,18 @@ def sample_background_crop(
             mask = free
     pad = float(rng.uniform(*padding))
     return crop_region(scene.image, mask, mode="masked_crop", padding=pad)
+
+
+KINDS: tuple[str, ...] = ("full", "color", "shape")
+QUERY_PHRASES: dict[str, str] = {
+    "full": "{color} {shape}",
+    "color": "{color} object",
+    "shape": "{shape}",
+}
+"""One fixed phrase per query kind. The embedder wraps phrases in its own templates ("a photo
+of a {}."), so these are bare names; "red object" reads as the training captions' colour-only
+"a red object", while a bare "red" would become "a photo of a red."."""
+
+
+def query_phrase(kind: str, obj: SceneObject) -> str:
+    return QUERY_PHRASES[kind].format(color=obj.color, shape=obj.shape)

@@ -1,7 +1,7 @@
 """Entry point of ``semret_lifecycle_node``: the semret node as a managed (lifecycle) node.
 
 Same parameters, topics and services as ``semret_node``; it starts unconfigured and follows
-``lifecycle_msgs`` transitions (see :class:`semret_ros.node.SemretLifecycleNode`).
+``lifecycle_msgs`` transitions (see :class:`semret_ros.ros.node.SemretLifecycleNode`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from semret_ros.node import SemretLifecycleNode, run
+from semret_ros.ros.node import SemretLifecycleNode, run
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -26,10 +26,13 @@ from tqdm import tqdm
 
 from semret_ros.core.embedder import ClipConfig, ClipEmbedder
 from semret_ros.core.metrics import (
+    HIT_IOU,
+    hit_at_1,
     iou,
     merge_deletion_diagnostic,
     semantic_consistency,
     semantic_localization,
+    top_region,
 )
 from semret_ros.core.pipeline import PipelineConfig, SemanticPipeline
 from semret_ros.core.records import Prompt, QueryResult, Region, SemanticFrame
@@ -44,20 +47,17 @@ from semret_ros.core.segmenters import (
     select_regions,
 )
 from semret_ros.core.viz import heatmap_overlay, mask_overlay, panel, save_png
-from semret_ros.shapes_world import ALL_COMBOS, Scene, SceneObject, generate_scene
+from semret_ros.shapes.world import (
+    ALL_COMBOS,
+    KINDS,
+    QUERY_PHRASES,
+    Scene,
+    SceneObject,
+    generate_scene,
+    query_phrase,
+)
 
-KINDS: tuple[str, ...] = ("full", "color", "shape")
 GROUPS: tuple[str, ...] = ("seen", "held_out")
-QUERY_PHRASES: dict[str, str] = {
-    "full": "{color} {shape}",
-    "color": "{color} object",
-    "shape": "{shape}",
-}
-"""One fixed phrase per query kind. The embedder wraps phrases in its own templates ("a photo
-of a {}."), so these are bare names; "red object" reads as the training captions' colour-only
-"a red object", while a bare "red" would become "a photo of a red."."""
-HIT_IOU = 0.5
-"""hit@1: the top-ranked region must overlap the named object at least this much (IoU)."""
 MASK_MODES = ("superpixel", "gt", "sam2")
 _PANEL_TRUTH_RGB = (40, 220, 60)
 _PANEL_MASK_RGB = (255, 40, 40)
@@ -97,28 +97,6 @@ class GroundTruthSegmenter:
 # Per-query measurements
 
 
-def top_region(relevance: np.ndarray) -> int:
-    """0-based index of the best-ranked region (first on ties); -1 for a frame without regions."""
-    scores = np.asarray(relevance, dtype=np.float64).reshape(-1)
-    return int(np.argmax(scores)) if scores.size else -1
-
-
-def hit_at_1(
-    instance_ids: np.ndarray, relevance: np.ndarray, target: np.ndarray, min_iou: float = HIT_IOU
-) -> tuple[bool, float]:
-    """Whether the top-ranked region (argmax relevance, no threshold) is the named object.
-
-    Returns (hit, IoU of that region with ``target``). Ranking rather than thresholding makes
-    the measure independent of the threshold a user picks; the threshold is judged separately
-    by the query mask's IoU.
-    """
-    best = top_region(relevance)
-    if best < 0:
-        return False, 0.0
-    overlap = iou(np.asarray(instance_ids) == best + 1, target)
-    return overlap >= min_iou, overlap
-
-
 def region_ious(instance_ids: np.ndarray, target: np.ndarray) -> dict[int, float]:
     """IoU with ``target`` of every region (0-based index) that touches it; others score 0."""
     ids = np.asarray(instance_ids)
@@ -139,10 +117,6 @@ def majority_objects(
         minlength=(num_regions + 1) * objects,
     ).reshape(num_regions + 1, objects)
     return joint[1:].argmax(axis=1)
-
-
-def query_phrase(kind: str, obj: SceneObject) -> str:
-    return QUERY_PHRASES[kind].format(color=obj.color, shape=obj.shape)
 
 
 def is_ambiguous(kind: str, obj: SceneObject, objects: Sequence[SceneObject]) -> bool:

@@ -1,6 +1,6 @@
 """The semret ROS 2 node: camera frames in, semantic frames, heatmaps and answers out.
 
-The node is thin: it converts messages (``semret_ros.conversions``), hands RGB frames to the
+The node is thin: it converts messages (``semret_ros.ros.conversions``), hands RGB frames to the
 ROS-free :class:`~semret_ros.core.pipeline.SemanticPipeline`, keeps the results in a
 :class:`~semret_ros.core.store.FrameStore`, and publishes/answers from there.
 
@@ -43,8 +43,15 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool
 
-from semret_ros import node_config
-from semret_ros.conversions import (
+from semret_ros.core import viz
+from semret_ros.core.image import to_rgb
+from semret_ros.core.pipeline import SemanticPipeline, build_pipeline, release_device_memory
+from semret_ros.core.records import Prompt, QueryResult, SemanticFrame
+from semret_ros.core.store import FrameStore
+from semret_ros.msg import QueryAnswer
+from semret_ros.msg import SemanticFrame as SemanticFrameMsg
+from semret_ros.ros import params
+from semret_ros.ros.conversions import (
     camera_image_to_array,
     compressed_image_to_array,
     header_to_stamp,
@@ -54,17 +61,10 @@ from semret_ros.conversions import (
     numpy_to_image,
     semantic_frame_to_msg,
 )
-from semret_ros.core import viz
-from semret_ros.core.image import to_rgb
-from semret_ros.core.pipeline import SemanticPipeline, build_pipeline, release_device_memory
-from semret_ros.core.records import Prompt, QueryResult, SemanticFrame
-from semret_ros.core.store import FrameStore
-from semret_ros.dds import apply_default_dds_profile
-from semret_ros.health import HealthMonitor, diagnostic_status, message_kind
-from semret_ros.msg import QueryAnswer
-from semret_ros.msg import SemanticFrame as SemanticFrameMsg
-from semret_ros.node_config import RuntimeSettings
-from semret_ros.qos import DIAGNOSTICS_QOS, OUTPUT_QOS, SERVICE_QOS, camera_qos
+from semret_ros.ros.dds import apply_default_dds_profile
+from semret_ros.ros.health import HealthMonitor, diagnostic_status, message_kind
+from semret_ros.ros.params import RuntimeSettings
+from semret_ros.ros.qos import DIAGNOSTICS_QOS, OUTPUT_QOS, SERVICE_QOS, camera_qos
 from semret_ros.srv import Describe, Label, Query
 
 NODE_NAME = "semret"
@@ -184,12 +184,12 @@ class SemretBehaviour:
     # ------------------------------------------------------------------ stages
     def _setup(self, managed: bool = False) -> None:
         try:
-            values = node_config.declare(self, managed)
-            node_config.check_values(values)
+            values = params.declare(self, managed)
+            params.check_values(values)
         except ValueError as error:
             raise StartupError(f"invalid parameter: {error}") from None
         self._values_at_start = values
-        self._settings: RuntimeSettings = node_config.runtime_settings(values)
+        self._settings: RuntimeSettings = params.runtime_settings(values)
         self._pipeline: SemanticPipeline | None = None
         self._models = "none (unconfigured)"
         self._store = FrameStore(int(values["store_size"]))
@@ -247,16 +247,16 @@ class SemretBehaviour:
 
     def _configure(self) -> None:
         """Load the models and start the worker; StartupError says what is wrong."""
-        values = node_config.current_values(self)
+        values = params.current_values(self)
         try:
-            config = node_config.pipeline_config(values)
+            config = params.pipeline_config(values)
         except ValueError as error:
             raise StartupError(f"invalid parameter: {error}") from None
-        missing = node_config.missing_model_file(values)
+        missing = params.missing_model_file(values)
         if missing is not None:
             raise StartupError(f"model file missing: {missing}")
         models = (
-            f"segmenter {node_config.segmenter_type(values)}, CLIP {config.clip.model_name} "
+            f"segmenter {params.segmenter_type(values)}, CLIP {config.clip.model_name} "
             f"({config.clip.pretrained}) on {config.clip.device}"
         )
         self.get_logger().info(f"loading models: {models}")
@@ -326,7 +326,7 @@ class SemretBehaviour:
         try:
             pipeline = build_pipeline(config)
         except FileNotFoundError as error:
-            if node_config.segmenter_type(values) == "sam2" and "SAM2" in str(error):
+            if params.segmenter_type(values) == "sam2" and "SAM2" in str(error):
                 name = "segmenter.sam2.checkpoint"
             else:
                 name = "clip.pretrained" if values["clip.pretrained"] else "clip.model"
@@ -350,7 +350,7 @@ class SemretBehaviour:
             fixed = [
                 p.name
                 for p in parameters
-                if p.name in node_config.SPECS and node_config.SPECS[p.name].read_only
+                if p.name in params.SPECS and params.SPECS[p.name].read_only
             ]
             if fixed:
                 return SetParametersResult(
@@ -359,13 +359,13 @@ class SemretBehaviour:
                     f"unconfigured (cleanup first)",
                 )
         try:
-            node_config.check_values(node_config.current_values(self, parameters))
+            params.check_values(params.current_values(self, parameters))
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, _parameters: list[Parameter]) -> None:
-        settings = node_config.runtime_settings(node_config.current_values(self))
+        settings = params.runtime_settings(params.current_values(self))
         self._settings = settings
         pipeline = self._pipeline
         if pipeline is not None:

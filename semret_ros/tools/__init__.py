@@ -1,0 +1,1 @@
+"""Command-line tools: semret-query, semret-play, semret-train, semret-eval and the demo."""
