@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ros_fixtures import claim_domain_id
 
-from semret_ros import dds
+from semret_ros.ros import dds
 
 REPO = Path(__file__).resolve().parent.parent
 

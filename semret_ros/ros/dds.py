@@ -22,7 +22,7 @@ _PACKAGE = "semret_ros"
 
 def default_profile_path() -> Path | None:
     """The shipped profile: the source checkout's config/ first, then the installed share dir."""
-    candidates = [Path(__file__).resolve().parent.parent / "config" / PROFILE_NAME]
+    candidates = [Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME]
     try:
         from ament_index_python.packages import get_package_share_directory
 

@@ -55,7 +55,7 @@ NODE = f"{NAMESPACE}/semret"
 CAMERA_TOPIC = f"{NAMESPACE}/camera/image_raw"
 DEFAULT_SEEDS = (2, 30)
 """Hard scenes with at least two held-out objects each, a purple star in both."""
-_RANDOM_ARCH = Path(__file__).resolve().parent / "models" / "shapes_tiny.json"
+_RANDOM_ARCH = Path(__file__).resolve().parents[1] / "models" / "shapes_tiny.json"
 _REPUBLISH_S = 15.0
 """A frame can be lost on the way (BEST_EFFORT); publish it again if no answer came by then."""
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_params_file() -> Path:
     """config/semret.yaml of this checkout, else of the installed package."""
-    source = Path(__file__).resolve().parent.parent / "config" / "semret.yaml"
+    source = Path(__file__).resolve().parents[2] / "config" / "semret.yaml"
     if source.is_file():
         return source
     return Path(sys.prefix) / "share" / "semret_ros" / "config" / "semret.yaml"
