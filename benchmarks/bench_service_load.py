@@ -4,7 +4,8 @@ Starts ``semret_node`` (the installed command, tiny random-init CLIP unless --cl
 gives it a camera frame, then starts N client processes that each fire M concurrent ~/query
 calls at the same moment, and prints answered/sent and calls/s for clients with the default
 service QoS (KEEP_LAST 10, the baseline) and with semret's SERVICE_QOS (KEEP_ALL), side by side.
-Each response carries a 32FC1 similarity and a mono8 mask of the frame's size.
+Each response carries a 32FC1 similarity and a mono8 mask of the frame's size (requested:
+the default answer is the matches alone; benchmarks/bench_network.py compares the forms).
 
     .venv/bin/python benchmarks/bench_service_load.py [--clients 8] [--calls 50] [--size 640x480]
 """
@@ -49,7 +50,12 @@ def run_client(qos_name: str, calls: int, start_at: float, timeout: float) -> di
     client.wait_for_service(timeout_sec=30.0)
     time.sleep(max(0.0, start_at - time.time()))
     begin = time.monotonic()
-    futures = [client.call_async(Query.Request(text=f"thing {i % 5}")) for i in range(calls)]
+    futures = [
+        client.call_async(
+            Query.Request(text=f"thing {i % 5}", want_similarity=True, want_mask=True)
+        )
+        for i in range(calls)
+    ]
     deadline = begin + timeout
     while not all(f.done() for f in futures) and time.monotonic() < deadline:
         rclpy.spin_once(node, timeout_sec=0.1)

@@ -4,6 +4,9 @@
     ros2 launch semret_ros semret.launch.py image:=/cam/image config:=my_params.yaml \
         namespace:=perception device:=cuda
     ros2 launch semret_ros semret.launch.py lifecycle:=true   # managed node, driven to active
+    ros2 launch semret_ros semret.launch.py depth:=true \
+        depth_image:=/camera/camera/aligned_depth_to_color/image_raw \
+        depth_camera_info:=/camera/camera/aligned_depth_to_color/camera_info
 
 Fast DDS profile: unless FASTDDS_DEFAULT_PROFILES_FILE (or the legacy
 FASTRTPS_DEFAULT_PROFILES_FILE) is already set, or RMW_IMPLEMENTATION names another RMW, this
@@ -55,7 +58,7 @@ def _dds_profile(context: LaunchContext) -> list:
 
 
 def _node(context: LaunchContext) -> list:
-    """The node; ``device`` overrides the parameters file only when it is given.
+    """The node; ``device`` and ``depth`` override the parameters file only when given.
 
     With ``lifecycle:=true`` it is ``semret_lifecycle_node`` as a launch_ros LifecycleNode:
     configure is requested at start and, once configuring has reached inactive, activate.
@@ -64,6 +67,9 @@ def _node(context: LaunchContext) -> list:
     device = LaunchConfiguration("device").perform(context)
     if device:
         parameters.append({"device": device})
+    depth = LaunchConfiguration("depth").perform(context)
+    if depth:
+        parameters.append({"depth.enabled": depth == "true"})
     image = LaunchConfiguration("image")
     lifecycle = LaunchConfiguration("lifecycle").perform(context) == "true"  # choices: true|false
     common = {
@@ -71,7 +77,12 @@ def _node(context: LaunchContext) -> list:
         "name": "semret",
         "namespace": LaunchConfiguration("namespace"),
         "parameters": parameters,
-        "remappings": [("image", image), ("image/compressed", [image, "/compressed"])],
+        "remappings": [
+            ("image", image),
+            ("image/compressed", [image, "/compressed"]),
+            ("depth/image", LaunchConfiguration("depth_image")),
+            ("depth/camera_info", LaunchConfiguration("depth_camera_info")),
+        ],
         "output": "screen",
         "emulate_tty": True,
     }
@@ -129,6 +140,23 @@ def generate_launch_description():
                 default_value="false",
                 choices=["true", "false"],
                 description="start semret_lifecycle_node (managed) and drive it to active",
+            ),
+            DeclareLaunchArgument(
+                "depth",
+                default_value="",
+                choices=["", "true", "false"],
+                description="3D positions from registered depth (depth.enabled); empty: the "
+                "parameters file's",
+            ),
+            DeclareLaunchArgument(
+                "depth_image",
+                default_value="/camera/aligned_depth_to_color/image_raw",
+                description="registered depth topic (16UC1 mm or 32FC1 m)",
+            ),
+            DeclareLaunchArgument(
+                "depth_camera_info",
+                default_value="/camera/aligned_depth_to_color/camera_info",
+                description="CameraInfo of the depth topic",
             ),
             OpaqueFunction(function=_dds_profile),
             OpaqueFunction(function=_node),

@@ -27,6 +27,7 @@ COMMANDS = (
     "semret-train",
     "semret-eval",
     "semret-play",
+    "semret-localize",
 )
 _EXECUTE_ALL = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 
@@ -42,6 +43,11 @@ _EXECUTE_ALL = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
                 "label": "string",
                 "bbox": "sensor_msgs/RegionOfInterest",
                 "area": "uint32",
+                "has_position": "boolean",
+                "position": "geometry_msgs/Point",
+                "size": "geometry_msgs/Vector3",
+                "num_points": "uint32",
+                "position_frame_id": "string",
             },
         ),
         (
@@ -64,6 +70,11 @@ _EXECUTE_ALL = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
                 "threshold": "float",
                 "max_results": "uint32",
                 "want_overlay": "boolean",
+                "want_similarity": "boolean",
+                "want_mask": "boolean",
+                "image_scale": "float",
+                "compress_images": "boolean",
+                "search_frames": "uint32",
             },
         ),
         (
@@ -77,6 +88,9 @@ _EXECUTE_ALL = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
                 "matches": "sequence<semret_ros/Segment>",
                 "threshold_used": "float",
                 "overlay": "sensor_msgs/Image",
+                "similarity_png": "sensor_msgs/CompressedImage",
+                "mask_png": "sensor_msgs/CompressedImage",
+                "frames_searched": "uint32",
             },
         ),
         (Label.Request, {"labels": "sequence<string>", "threshold": "float"}),
@@ -230,7 +244,16 @@ def test_launch_file_compiles_and_declares_its_arguments():
         and node.args
         and isinstance(node.args[0], ast.Constant)
     }
-    assert declared == {"image", "config", "namespace", "device", "lifecycle"}
+    assert declared == {
+        "image",
+        "config",
+        "namespace",
+        "device",
+        "lifecycle",
+        "depth",
+        "depth_image",
+        "depth_camera_info",
+    }
     executables = {
         keyword.value.value
         for node in ast.walk(tree)

@@ -19,9 +19,14 @@ from semret_ros.ros.conversions import (
     image_to_numpy,
     make_header,
     mask_to_image,
+    mask_to_png,
     matches_to_segments,
     numpy_to_image,
+    numpy_to_png,
+    png_to_numpy,
     semantic_frame_to_msg,
+    similarity_from_png,
+    similarity_to_png,
 )
 
 RNG = np.random.default_rng(7)
@@ -214,6 +219,48 @@ def test_mask_becomes_mono8_255_inside():
     np.testing.assert_array_equal(image_to_numpy(msg), [[255, 0], [0, 255]])
     with pytest.raises(ValueError, match="boolean"):
         mask_to_image(mask.astype(np.uint8), _header())
+
+
+def test_mask_png_decodes_to_the_same_mask():
+    mask = RNG.random((30, 40)) > 0.6
+    msg = mask_to_png(mask, _header())
+    assert msg.format == "png" and msg.header == _header()
+    decoded = png_to_numpy(msg)
+    assert decoded.dtype == np.uint8 and decoded.shape == (30, 40)
+    np.testing.assert_array_equal(decoded, image_to_numpy(mask_to_image(mask, _header())))
+    # Any PNG reader gets the same pixels.
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(msg.data, np.uint8), 0), decoded)
+
+
+def test_similarity_png_is_quantised_to_within_half_a_step():
+    similarity = RNG.random((30, 40)).astype(np.float32)
+    similarity[0, :3] = (0.0, 1.0, 0.5)
+    msg = similarity_to_png(similarity, _header())
+    np.testing.assert_array_equal(png_to_numpy(msg), np.rint(similarity * 255).astype(np.uint8))
+    decoded = similarity_from_png(msg)
+    assert decoded.dtype == np.float32
+    assert np.abs(decoded - similarity).max() <= 0.5 / 255 + 1e-7
+    assert decoded[0, 0] == 0.0 and decoded[0, 1] == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        similarity_to_png(np.full((2, 2), np.nan, np.float32), _header())
+
+
+def test_rgb_png_round_trips_in_rgb_order():
+    rgb = RNG.integers(0, 256, (6, 7, 3), np.uint8)
+    np.testing.assert_array_equal(png_to_numpy(numpy_to_png(rgb, _header())), rgb)
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        (CompressedImage(format="jpeg", data=b"x"), "format"),
+        (CompressedImage(format="png", data=b"not a png"), "undecodable"),
+        (CompressedImage(format="png"), "undecodable"),
+    ],
+)
+def test_bad_png_is_refused(msg, reason):
+    with pytest.raises(ValueError, match=reason):
+        png_to_numpy(msg)
 
 
 def test_header_and_stamp_round_trip():

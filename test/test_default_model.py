@@ -13,14 +13,16 @@ from semret_ros.shapes import world as sw
 from semret_ros.tools.train import zero_shot_accuracy
 
 FLOORS = {
-    "seen/full": 0.94,
+    "seen/full": 0.95,
     "seen/color": 0.97,
-    "seen/shape": 0.94,
-    "held_out/full": 0.8,
+    "seen/shape": 0.95,
+    "held_out/full": 0.86,
     "held_out/color": 0.97,
-    "held_out/shape": 0.65,
+    "held_out/shape": 0.82,
 }
-SCENE_FLOOR = 0.88
+"""Measured on these 200 crops: 0.99, 1.0, 0.99, 0.93, 1.0, 0.90."""
+SCENE_FLOOR = 0.9
+"""Measured: 0.966 (57 of 59 objects)."""
 
 
 @pytest.fixture(scope="module")

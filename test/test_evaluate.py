@@ -13,15 +13,22 @@ import cv2
 import numpy as np
 import pytest
 
+from semret_ros.core.depth import SegmentPosition
 from semret_ros.core.metrics import hit_at_1
+from semret_ros.core.records import QueryResult, SemanticFrame
+from semret_ros.shapes.test_renderer import render_scene
 from semret_ros.shapes.world import KINDS, generate_scene
 from semret_ros.tools.evaluate import (
     GROUPS,
     GroundTruthSegmenter,
+    LabelRecord,
+    interior_point,
     is_ambiguous,
     main,
     majority_objects,
+    position_error,
     region_ious,
+    summarize_labels,
 )
 
 UNIT_KEYS = ("hit_at_1", "hit_ceiling", "mean_top_iou", "mean_mask_iou", "mean_oracle_iou")
@@ -84,11 +91,25 @@ def test_report_structure_ranges_and_pictures(tmp_path, tiny_clip_dir, masks, ex
     assert report["summary"]["n"] == len(records)
     assert report["summary"]["hit_at_1"] == pytest.approx(np.mean([r["hit"] for r in records]))
 
+    label_records = report["label_records"]
+    assert [(r["scene_seed"], r["object"]) for r in label_records] == [
+        (scene.seed, obj.name) for scene in scenes for obj in scene.objects
+    ]
+    for record in label_records:
+        assert 0.0 <= record["iou"] <= 1.0 and 0.0 <= record["pixel_accuracy"] <= 1.0
+    labels = report["labels"]
+    assert labels["n"] == objects
+    assert labels["pixel_accuracy"]["all"] == pytest.approx(
+        np.mean([r["pixel_accuracy"] for r in label_records])
+    )
+    assert 0.0 <= labels["miou"] <= 1.0 and 0.0 <= labels["background_labelled"] <= 1.0
+
     pooled = report["consistency"]["pooled_by_combination"]
     assert pooled["labels"] <= objects and pooled["mean_spread"] >= 0.0
     assert -1.0 <= pooled["mean_between_cosine"] <= 1.0
     timing = report["timing"]
     assert timing["process_ms_mean"] > 0 and timing["query_ms_mean"] > 0
+    assert timing["label_ms_mean"] > 0
 
     # Panels: one per query kind about one object of the first scene, four tiles wide.
     assert len(report["panels"]) == 3
@@ -96,7 +117,8 @@ def test_report_structure_ranges_and_pictures(tmp_path, tiny_clip_dir, masks, ex
         image = cv2.imread(str(out / name))
         assert image is not None and image.ndim == 3 and image.shape[0] > 100
     assert cv2.imread(str(out / report["panels"][0])).shape[1] > 4 * 160
-    assert "hit@1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "hit@1" in printed and "pixel acc" in printed
 
 
 def test_ground_truth_masks_reach_the_oracle_ceiling(tmp_path, tiny_clip_dir):
@@ -123,6 +145,23 @@ def test_hit_at_1_on_a_hand_made_frame():
     assert hit_at_1(ids, np.array([0.3, 0.1]), ids == 1) == (True, 1.0)
     assert hit_at_1(np.zeros((10, 10), np.int32), np.zeros(0), target) == (False, 0.0)
     assert region_ious(ids, target) == {0: pytest.approx(0.1), 1: pytest.approx(50 / 60)}
+
+
+def test_label_summary_on_hand_made_records():
+    records = [
+        LabelRecord(1, 0, "red circle", "seen", pixel_accuracy=1.0, iou=0.8),
+        LabelRecord(1, 1, "blue cross", "held_out", pixel_accuracy=0.0, iou=0.0),
+        LabelRecord(2, 0, "green star", "seen", pixel_accuracy=0.5, iou=0.6),
+    ]
+    summary = summarize_labels(records, [0.1, 0.3])
+    assert summary["n"] == 3
+    assert summary["pixel_accuracy"] == pytest.approx({"seen": 0.75, "held_out": 0.0, "all": 0.5})
+    assert summary["iou"] == pytest.approx({"seen": 0.7, "held_out": 0.0, "all": 1.4 / 3})
+    # mIoU is per scene first (0.4 and 0.6), then averaged over the scenes.
+    assert summary["miou"] == pytest.approx(0.5)
+    assert summary["background_labelled"] == pytest.approx(0.2)
+    empty = summarize_labels([], [])
+    assert empty["miou"] is None and empty["pixel_accuracy"]["all"] is None
 
 
 def test_regions_grouped_by_the_object_under_most_of_them():
@@ -166,3 +205,100 @@ def test_bad_arguments_exit_with_a_message(tmp_path, tiny_clip_dir, capsys):
     absent = tmp_path / "no_model"
     assert main([*base[:2], "--clip-pretrained", f"local-dir:{absent}"]) == 2
     assert str(absent) in capsys.readouterr().err
+
+
+def test_retrieval_section_ranks_the_scene_objects_against_every_name(tmp_path, tiny_clip_dir):
+    _, report = _run(tmp_path, tiny_clip_dir, "gt", "--retrieval")
+    retrieval = report["retrieval"]
+    objects = sum(1 for record in report["records"] if record["kind"] == "full")
+    assert retrieval["pairs"] == objects and retrieval["captions"] == 64
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5"):
+        assert 0.0 <= retrieval[key] <= 1.0
+    assert retrieval["i2t_r1"] <= retrieval["i2t_r5"] and retrieval["t2i_r1"] <= retrieval["t2i_r5"]
+    assert 1.0 <= retrieval["i2t_mean_rank"] <= 64.0
+    assert 1.0 <= retrieval["t2i_mean_rank"] <= objects
+    _, plain = _run(tmp_path / "plain", tiny_clip_dir, "gt")
+    assert "retrieval" not in plain
+
+
+def test_test_renderer_scenes_are_evaluated_and_described(tmp_path, tiny_clip_dir):
+    _, report = _run(tmp_path, tiny_clip_dir, "gt", "--renderer", "test")
+    scenes = [render_scene(s, 160, 120, min_held_out=2) for s in (3, 4)]
+    assert report["renderer"] == "test"
+    assert [(r["scene_seed"], r["object"]) for r in report["label_records"]] == [
+        (scene.seed, obj.name) for scene in scenes for obj in scene.objects
+    ]
+    assert any(r["group"] == "held_out" for r in report["records"])
+    for group in (*GROUPS, "all"):
+        assert 0.0 <= report["describe"][group] <= 1.0
+
+
+def test_interior_point_lies_deep_inside_the_mask():
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 5:45] = True
+    ((x, y),) = interior_point(mask)
+    # At least 9 px from every edge of the 20 px tall rectangle: as deep as a pixel can be.
+    assert mask[int(y), int(x)] and 14 <= x <= 35 and 19 <= y <= 20
+
+
+def test_test_renderer_draws_hard_scenes_only(tmp_path, tiny_clip_dir, capsys):
+    with pytest.raises(SystemExit):
+        _run(tmp_path, tiny_clip_dir, "gt", "--renderer", "test", "--easy")
+    assert "--easy" in capsys.readouterr().err
+
+
+def test_depth_places_the_hits_of_ground_truth_regions_near_their_true_centroids(
+    tmp_path, tiny_clip_dir
+):
+    """With true masks every object is a region: its median point must land on the centroid
+    the renderer reports, whatever a random model ranks."""
+    _, report = _run(tmp_path, tiny_clip_dir, "gt", "--depth")
+    depth = report["depth"]
+    hits = [r for r in report["records"] if r["hit"]]
+    assert depth["hits"] == len(hits)
+    if hits:
+        assert depth["hits_with_position"] == 1.0
+        assert depth["median_error_m"] < 0.05 and depth["within_5_percent_of_depth"] >= 0.9
+    assert all(r["has_position"] is not None for r in report["records"])
+    _, plain = _run(tmp_path / "plain", tiny_clip_dir, "gt")
+    assert "depth" not in plain and all(r["has_position"] is None for r in plain["records"])
+
+
+def test_position_error_is_measured_for_hits_only():
+    placed = SegmentPosition(position=(0.0, 0.0, 2.03), size=(0.1, 0.1, 0.0), num_points=50)
+    ids = np.array([[1, 2]], np.int32)
+    frame = SemanticFrame(
+        stamp_ns=0,
+        frame_id="cam",
+        image=np.zeros((1, 2, 3), np.uint8),
+        instance_ids=ids,
+        embeddings=np.eye(2, dtype=np.float32),
+        global_embedding=np.array([1.0, 0.0], np.float32),
+        scores=np.ones(2, np.float32),
+        bboxes=np.array([[0, 0, 1, 1], [1, 0, 1, 1]], np.int32),
+        areas=np.ones(2, np.int64),
+        model="hand-made",
+        positions=(placed, None),
+    )
+
+    def answer(relevance):
+        values = np.array(relevance, np.float32)
+        return QueryResult(
+            text="x",
+            threshold=0.5,
+            relevance=values,
+            margin=values.astype(np.float64),
+            similarity=values[ids - 1],
+            mask=values[ids - 1] >= 0.5,
+            matches=[],
+        )
+
+    figures = position_error(frame, answer([0.9, 0.1]), np.array([0.0, 0.0, 2.0]), hit=True)
+    assert figures["has_position"] and figures["position_error_m"] == pytest.approx(0.03)
+    assert figures["relative_position_error"] == pytest.approx(0.015)
+    assert position_error(frame, answer([0.9, 0.1]), np.zeros(3), hit=False) == {
+        "has_position": True
+    }
+    assert position_error(frame, answer([0.1, 0.9]), np.zeros(3), hit=True) == {
+        "has_position": False
+    }

@@ -1,7 +1,8 @@
+import cv2
 import numpy as np
 import pytest
 
-from semret_ros.core.image import check_image, to_rgb
+from semret_ros.core.image import check_image, check_image_scale, resize, scaled_size, to_rgb
 
 
 def _rgb() -> np.ndarray:
@@ -100,3 +101,50 @@ def test_check_image_accepts_rgb_and_rejects_others():
         with pytest.raises(ValueError, match=r"shape \(") as info:
             check_image(bad)
         assert str(bad.dtype) in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [-0.5, 1.5, float("nan"), float("inf"), -float("inf")])
+def test_image_scale_outside_zero_one_is_refused_naming_the_field(bad):
+    with pytest.raises(ValueError, match="image_scale"):
+        check_image_scale(bad)
+
+
+def test_image_scale_zero_means_full_size():
+    assert check_image_scale(0.0) == 1.0
+    assert check_image_scale(0.25) == 0.25
+
+
+def test_scaled_size_rounds_and_keeps_one_pixel():
+    assert scaled_size(480, 640, 0.25) == (120, 160)
+    assert scaled_size(5, 7, 0.5) == (2, 4)  # round half to even, as Python's round
+    assert scaled_size(3, 3, 0.01) == (1, 1)
+
+
+def test_resize_at_scale_one_is_the_array_itself():
+    values = np.random.default_rng(1).random((6, 8), dtype=np.float32)
+    assert resize(values, 1.0) is values
+
+
+def test_nearest_resize_keeps_exact_values_and_masks_binary():
+    ids = np.zeros((60, 80), np.int32)
+    ids[10:40, 20:60] = 1
+    ids[45:58, 5:30] = 2
+    relevance = np.array([0.0, 0.8, 0.3], np.float32)
+    similarity = relevance[ids]
+    mask = similarity >= 0.5
+    small_similarity, small_mask = resize(similarity, 0.25), resize(mask, 0.25)
+    assert small_similarity.shape == small_mask.shape == (15, 20)
+    assert small_mask.dtype == np.bool_
+    assert set(np.unique(small_similarity).tolist()) <= set(relevance.tolist())
+    # Sampled at the same pixels: the resized mask is the resized similarity thresholded.
+    np.testing.assert_array_equal(small_mask, small_similarity >= 0.5)
+    expected = cv2.resize(similarity, (20, 15), interpolation=cv2.INTER_NEAREST_EXACT)
+    np.testing.assert_array_equal(small_similarity, expected)
+
+
+def test_area_resize_averages_a_picture():
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:, ::2] = 200  # alternate columns: every 2x2 block averages to 100
+    np.testing.assert_array_equal(resize(image, 0.5, "area"), np.full((2, 2, 3), 100, np.uint8))
+    with pytest.raises(ValueError, match="method"):
+        resize(image, 0.5, "cubic")

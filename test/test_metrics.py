@@ -10,9 +10,11 @@ from semret_ros.core.metrics import (
     SlmConfig,
     heatmap_peaks,
     iou,
+    label_scores,
     mean_iou,
     merge_deletion_diagnostic,
     region_centre_radius,
+    retrieval_metrics,
     semantic_consistency,
 )
 from semret_ros.core.metrics import semantic_localization as slm
@@ -190,3 +192,66 @@ def test_mean_iou_skips_absent_classes_and_ignored_pixels():
         mean_iou(np.zeros((2, 2)), np.zeros((2, 2)), ignore_index=0)
     with pytest.raises(ValueError, match="prediction"):
         mean_iou(np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+def test_label_scores_per_object_accuracy_iou_and_background():
+    masks = np.zeros((2, 4, 6), bool)
+    masks[0, :2, :2] = True  # object 0: 4 px
+    masks[1, 2:, 2:4] = True  # object 1: 4 px
+    labels = np.zeros((4, 6), np.uint16)
+    labels[:2, :2] = [[1, 1], [2, 0]]  # object 0: 2 px its own label, 1 px the other, 1 none
+    labels[2:, 2:5] = 2  # object 1 fully labelled, and 2 background pixels too
+    scores = label_scores(labels, masks)
+    np.testing.assert_allclose(scores.accuracy, [2 / 4, 4 / 4])
+    # label 1 covers 2 px, all on object 0; label 2 covers 7 px, 4 of them object 1.
+    np.testing.assert_allclose(scores.iou, [2 / 4, 4 / 7])
+    assert scores.background_labelled == pytest.approx(2 / 16)
+    perfect = label_scores(masks[0] * 1 + masks[1] * 2, list(masks))
+    np.testing.assert_array_equal(perfect.accuracy, [1.0, 1.0])
+    np.testing.assert_array_equal(perfect.iou, [1.0, 1.0])
+    assert perfect.background_labelled == 0.0
+    nothing = label_scores(np.zeros((4, 6), np.uint8), masks)
+    assert not nothing.accuracy.any() and not nothing.iou.any()
+
+
+def test_label_scores_rejects_mismatched_input():
+    masks = np.ones((1, 4, 6), bool)
+    with pytest.raises(ValueError, match="masks"):
+        label_scores(np.zeros((4, 5)), masks)
+    with pytest.raises(ValueError, match="label_image"):
+        label_scores(np.zeros(24), masks)
+    with pytest.raises(ValueError, match="empty"):
+        label_scores(np.zeros((4, 6)), np.zeros((1, 4, 6), bool))
+
+
+def test_retrieval_ranks_pairs_and_never_counts_a_same_caption_crop_against_them():
+    captions = np.eye(3)  # "red circle", "blue square", "green star"
+    images = np.array(
+        [
+            [1.0, 0.0, 0.0],  # red circle, perfect
+            [0.9, 0.1, 0.0],  # red circle again: must not push the first one down
+            [0.6, 0.5, 0.0],  # blue square that looks more like a red circle
+            [0.0, 0.2, 1.0],  # green star
+        ]
+    )
+    scores = retrieval_metrics(images, np.array([0, 0, 1, 2]), captions)
+    # i2t ranks: 1, 1, 2 (red circle wins for the blue square), 1.
+    assert scores.i2t_r1 == 0.75 and scores.i2t_r5 == 1.0 and scores.i2t_mean_rank == 1.25
+    # t2i: each caption scores its own crop above every crop of another caption; crop 1
+    # (0.9 for "red circle") is not counted against crop 0 (1.0), nor the reverse.
+    assert scores.t2i_r1 == 1.0 and scores.t2i_mean_rank == 1.0
+    assert (scores.pairs, scores.captions) == (4, 3)
+    # Crop 0 mislabelled "blue square": i2t ranks 2, 1, 2, 1; t2i ranks 3 (crops 1 and 3
+    # score higher for "blue square"), 2 (crop 0 now beats crop 1 for "red circle"), 1, 1.
+    swapped = retrieval_metrics(images, np.array([1, 0, 1, 2]), captions)
+    assert swapped.i2t_r1 == 0.5 and swapped.i2t_mean_rank == 1.5
+    assert swapped.t2i_r1 == 0.5 and swapped.t2i_mean_rank == 1.75
+
+
+def test_retrieval_refuses_mismatched_inputs():
+    with pytest.raises(ValueError, match="caption_ids"):
+        retrieval_metrics(np.eye(2), np.array([0, 5]), np.eye(2))
+    with pytest.raises(ValueError, match="features"):
+        retrieval_metrics(np.eye(2), np.array([0, 1]), np.eye(3))
+    with pytest.raises(ValueError, match="no pairs"):
+        retrieval_metrics(np.zeros((0, 2)), np.zeros(0, np.int64), np.eye(2))

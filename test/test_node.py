@@ -35,7 +35,7 @@ from semret_ros.srv import Describe, Label, Query
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_srvs.srv import SetBool
 
-from semret_ros.ros.conversions import image_to_numpy
+from semret_ros.ros.conversions import image_to_numpy, png_to_numpy, similarity_from_png
 from semret_ros.ros.params import PARAMETERS
 
 pytestmark = pytest.mark.ros
@@ -253,10 +253,11 @@ def test_query_answers_from_the_newest_frame(graph, camera, frames, stamps):
     masks = graph.collect(Image, f"{NODE}/mask", RELIABLE)
     stamp = stamps()
     frame = send(camera, frames, scene(), "rgb8", stamp)
-    response = query(graph, "a red box")
+    response = query(graph, "a red box", want_similarity=True, want_mask=True)
     assert response.success, response.message
     assert stamp_of(response) == stamp and response.header.frame_id == FRAME_ID
     assert response.threshold_used == pytest.approx(0.5)  # request 0: the parameter default
+    assert response.frames_searched == 1
 
     sim_msg, mask_msg = response.similarity, response.mask
     assert (sim_msg.encoding, sim_msg.width, sim_msg.height) == ("32FC1", WIDTH, HEIGHT)
@@ -285,6 +286,103 @@ def test_query_answers_from_the_newest_frame(graph, camera, frames, stamps):
     # Published for RViz too, with the camera header.
     wait_until(lambda: any(stamp_of(m) == stamp for m in similarities), WAIT_S, "~/similarity")
     wait_until(lambda: any(stamp_of(m) == stamp for m in masks), WAIT_S, "~/mask")
+
+
+def test_default_query_answer_is_the_matches_alone(graph, camera, frames, stamps):
+    stamp = stamps()
+    send(camera, frames, scene(), "rgb8", stamp)
+    response = query(graph, "a red box", threshold=0.01)
+    assert response.success, response.message
+    assert stamp_of(response) == stamp and response.frames_searched == 1
+    assert response.matches and all(0.01 <= m.score <= 1.0 for m in response.matches)
+    for image in (response.similarity, response.mask, response.overlay):
+        assert (image.width, image.height, len(image.data)) == (0, 0, 0)
+    assert len(response.similarity_png.data) == 0 and len(response.mask_png.data) == 0
+
+
+def test_requested_images_come_scaled_and_compressed(graph, camera, frames, stamps):
+    stamp = stamps()
+    send(camera, frames, scene(), "rgb8", stamp)
+    images = {"want_similarity": True, "want_mask": True, "threshold": 0.3}
+    full = query(graph, "a blue disc", **images)
+    small = query(graph, "a blue disc", image_scale=0.25, want_overlay=True, **images)
+    packed = query(graph, "a blue disc", compress_images=True, **images)
+    both = query(graph, "a blue disc", image_scale=0.25, compress_images=True, **images)
+    for response in (full, small, packed, both):
+        assert response.success, response.message
+        assert stamp_of(response) == stamp
+        assert response.matches == full.matches  # the matches never change with the images
+    similarity, mask = image_to_numpy(full.similarity), image_to_numpy(full.mask)
+
+    size = (WIDTH // 4, HEIGHT // 4)
+    for msg, encoding in ((small.similarity, "32FC1"), (small.mask, "mono8")):
+        assert (msg.encoding, msg.width, msg.height) == (encoding, *size)
+        assert stamp_of(msg) == stamp and msg.header.frame_id == FRAME_ID
+    nearest = cv2.INTER_NEAREST_EXACT
+    small_similarity = cv2.resize(similarity, size, interpolation=nearest)
+    np.testing.assert_array_equal(image_to_numpy(small.similarity), small_similarity)
+    np.testing.assert_array_equal(
+        image_to_numpy(small.mask), cv2.resize(mask, size, interpolation=nearest)
+    )
+    assert (small.overlay.encoding, small.overlay.width, small.overlay.height) == ("rgb8", *size)
+
+    assert packed.similarity.width == 0 and packed.mask.width == 0  # PNG instead of raw
+    for msg in (packed.similarity_png, packed.mask_png):
+        assert msg.format == "png" and stamp_of(msg) == stamp
+    np.testing.assert_array_equal(png_to_numpy(packed.mask_png), mask)
+    decoded = similarity_from_png(packed.similarity_png)
+    assert np.abs(decoded - similarity).max() <= 0.5 / 255 + 1e-6
+    np.testing.assert_array_equal(
+        png_to_numpy(both.mask_png), cv2.resize(mask, size, interpolation=nearest)
+    )
+    assert np.abs(similarity_from_png(both.similarity_png) - small_similarity).max() <= 0.5 / 255
+    # What the network carries: the PNGs are a fraction of the raw images.
+    raw_bytes = len(full.similarity.data) + len(full.mask.data)
+    assert len(packed.similarity_png.data) + len(packed.mask_png.data) < raw_bytes / 10
+
+
+def _top_score(response: Query.Response) -> float:
+    return max((m.score for m in response.matches), default=-1.0)
+
+
+def test_search_frames_answers_from_the_frame_with_the_best_match(graph, camera, frames, stamps):
+    """A random model's relevance is noise, so the expected frame is measured: each phrase is
+    asked of each frame while it is the newest, then of both at once."""
+    phrases = ["a red box", "a blue disc", "a green bar", "grey floor", "a cup", "a door"]
+    older, newer = stamps(), stamps()
+    # Many regions (coloured blocks), then one (a plain grey wall): the older frame's best
+    # region beats the single one for most phrases, not for all.
+    blocks = np.random.default_rng(0).integers(0, 255, (HEIGHT // 12, WIDTH // 16, 3), np.uint8)
+    send(camera, frames, np.kron(blocks, np.ones((12, 16, 1), np.uint8)), "rgb8", older)
+    alone = {p: query(graph, p, threshold=0.01, search_frames=1) for p in phrases}
+    send(camera, frames, np.full((HEIGHT, WIDTH, 3), 128, np.uint8), "rgb8", newer)
+    seen_newest = {p: query(graph, p, threshold=0.01) for p in phrases}
+    assert all(stamp_of(r) == older for r in alone.values())
+    from_older = 0
+    for phrase in phrases:
+        best = query(graph, phrase, threshold=0.01, search_frames=2)
+        assert best.success, best.message
+        assert best.frames_searched == 2 and "searched the newest 2 frames" in best.message
+        if _top_score(alone[phrase]) > _top_score(seen_newest[phrase]):
+            expected, where = alone[phrase], "1 frame(s) before the newest"
+            from_older += 1
+        else:  # ties go to the newer frame
+            expected, where = seen_newest[phrase], "the newest frame"
+        assert stamp_of(best) == stamp_of(expected), phrase
+        assert best.matches == expected.matches and where in best.message
+    assert from_older, "no phrase matched the older frame better: the check checked nothing"
+
+    everything = query(graph, "a red box", search_frames=1000, threshold=0.01)
+    assert everything.success, everything.message
+    stored = everything.frames_searched
+    assert 2 <= stored <= 10  # store_size 10
+    assert f"searched all {stored} stored frame(s) (search_frames 1000 > {stored}" in (
+        everything.message
+    )
+    # Every stored frame was searched, the two above among them.
+    assert _top_score(everything) >= max(
+        _top_score(alone["a red box"]), _top_score(seen_newest["a red box"])
+    )
 
 
 def test_label_answers_with_a_label_image_and_overlay(graph, camera, frames, stamps):
@@ -338,6 +436,10 @@ def test_describe_segments_the_pointed_object_and_ranks_names(graph, camera, fra
         (Query, Query.Request(text="mug", threshold=1.5), "threshold"),
         (Query, Query.Request(text="mug", threshold=-0.2), "threshold"),
         (Query, Query.Request(text="mug", negatives=["object", ""]), "negatives"),
+        (Query, Query.Request(text="mug", image_scale=-0.5), "image_scale"),
+        (Query, Query.Request(text="mug", image_scale=math.nan), "image_scale"),
+        (Query, Query.Request(text="mug", image_scale=math.inf), "image_scale"),
+        (Query, Query.Request(text="mug", image_scale=1.5, want_mask=True), "image_scale"),
         (Label, Label.Request(labels=[]), "labels"),
         (Label, Label.Request(labels=["a"], threshold=math.nan), "threshold"),
         (Describe, Describe.Request(points=[Point(x=500.0, y=10.0)]), "point"),
@@ -388,11 +490,11 @@ def test_malformed_frames_are_logged_skipped_and_lose_nothing(
 ):
     good_stamp = stamps()
     send(camera, frames, scene(), "rgb8", good_stamp)
-    before = query(graph)
+    before = query(graph, want_similarity=True)
     bad, reason = _bad_frames(stamps())[kind]
     camera.publish(bad)
     semret.wait_for_log(rf"skipping a frame on /image: .*{re.escape(reason)}", timeout=WAIT_S)
-    after = query(graph)
+    after = query(graph, want_similarity=True)
     assert after.success and stamp_of(after) == good_stamp  # the stored frame is intact
     np.testing.assert_array_equal(
         image_to_numpy(after.similarity), image_to_numpy(before.similarity)
@@ -421,7 +523,7 @@ def test_queries_while_frames_keep_arriving(graph, camera, frames, stamps):
     try:
         deadline = time.monotonic() + 4.0
         while time.monotonic() < deadline:
-            response = query(graph, "a green bar")
+            response = query(graph, "a green bar", want_similarity=True)
             assert response.success, response.message
             assert (response.similarity.width, response.similarity.height) == (WIDTH, HEIGHT)
             answered.append(stamp_of(response))
@@ -758,6 +860,15 @@ def test_semret_query_command(camera, frames, stamps, ros_env, tmp_path):  # noq
     assert written == {"similarity.png", "similarity_overlay.png", "mask.png"}
     assert cv2.imread(str(tmp_path / "q" / "similarity_overlay.png")).shape == (HEIGHT, WIDTH, 3)
     assert cv2.imread(str(tmp_path / "q" / "mask.png")).shape[:2] == (HEIGHT, WIDTH)
+
+    args = ("--threshold", "0.05", "--scale", "0.5", "--png", "--search-frames", "3")
+    small = run("a red box", *args, "--save", str(tmp_path / "s"))
+    assert small.returncode == 0, small.stderr
+    assert "searched" in small.stdout  # the newest 3, or all when fewer are stored
+    for name in ("similarity.png", "similarity_overlay.png", "mask.png"):
+        assert cv2.imread(str(tmp_path / "s" / name)).shape[:2] == (HEIGHT // 2, WIDTH // 2)
+    bad_scale = run("a red box", "--scale", "2")
+    assert bad_scale.returncode == 1 and "image_scale" in bad_scale.stderr
 
     labelled = run("--label", "red box", "green bar", "--save", str(tmp_path / "l"))
     assert labelled.returncode == 0, labelled.stderr

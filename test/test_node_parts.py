@@ -137,3 +137,23 @@ def test_health_counts_rates_and_levels():
     assert idle.level == DiagnosticStatus.OK
     stale = diagnostic_status(health.report("inactive", "m"), "semret", stale="stale: 3 s old")
     assert stale.level == DiagnosticStatus.WARN and stale.message == "stale: 3 s old"
+
+
+def test_health_reports_frames_without_depth_only_when_depth_is_enabled():
+    health = HealthMonitor()
+    plain = {kv.key for kv in diagnostic_status(health.report("inactive", "m"), "s", "").values}
+    assert not any("depth" in key for key in plain)
+
+    health.enable_depth()
+    health.depth_paired()
+    health.depth_missing("no depth image within depth.max_skew 0.02 s (3 buffered)")
+    health.depth_missing("no depth image within depth.max_skew 0.02 s (4 buffered)")
+    status = diagnostic_status(health.report("inactive", "m"), "s", "")
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.WARN and "frames without 3D" in status.message
+    assert values["frames with depth"] == "1" and values["frames without depth"] == "2"
+    assert values["no depth: no depth image within depth.max_skew #.# s (# buffered)"] == "2"
+    # A period without a new miss is OK again; the totals stay.
+    again = diagnostic_status(health.report("inactive", "m"), "s", "")
+    assert again.level == DiagnosticStatus.OK
+    assert {kv.key: kv.value for kv in again.values}["frames without depth"] == "2"

@@ -7,9 +7,15 @@ import dataclasses
 import numpy as np
 import pytest
 
+from semret_ros.core.depth import CameraIntrinsics, DepthFrame
 from semret_ros.core.embedder import ClipEmbedder
-from semret_ros.core.pipeline import PipelineConfig, SemanticPipeline, build_pipeline
-from semret_ros.core.records import Prompt, Region
+from semret_ros.core.pipeline import (
+    PipelineConfig,
+    SemanticPipeline,
+    best_frame,
+    build_pipeline,
+)
+from semret_ros.core.records import Prompt, Region, SemanticFrame
 from semret_ros.core.refine import (
     RefineConfig,
     assign_pixels_with_sources,
@@ -91,6 +97,45 @@ def test_query_threshold_and_bad_requests(pipeline):
         pipeline.label(frame, [])
 
 
+def test_best_frame_takes_the_strongest_match_and_the_newer_on_ties():
+    newest, middle, oldest = [0.2, 0.6], [0.9, 0.1], [0.9]
+    assert best_frame([newest, middle, oldest], 0.5) == 1  # 0.9 beats 0.6; tie: newer
+    assert best_frame([newest, np.zeros(0), oldest], 0.5) == 2  # a frame without regions
+    assert best_frame([[0.2], [0.7]], 0.8) == 0  # nothing passes: the newest, no matches
+    assert best_frame([[0.0], [0.0]], 0.0) == 0
+    with pytest.raises(ValueError, match="relevances"):
+        best_frame([], 0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        best_frame([[0.5]], float("nan"))
+
+
+def _seen_in(pipeline: SemanticPipeline, text: str, shift: int) -> SemanticFrame:
+    """A processed frame whose red block carries exactly the phrase's feature (cosine 1)."""
+    frame = pipeline.process(np.roll(_scene(), shift, axis=1), stamp_ns=shift)
+    embeddings = frame.embeddings.copy()
+    embeddings[frame.instance_ids[25, 30 + shift] - 1] = pipeline.embedder.embed_text([text])[0]
+    return dataclasses.replace(frame, embeddings=embeddings)
+
+
+def test_query_recent_answers_from_the_frame_with_the_best_match(pipeline):
+    newest, oldest = pipeline.process(_scene(), stamp_ns=3), pipeline.process(_scene(), stamp_ns=1)
+    seen = _seen_in(pipeline, "a mug", shift=4)
+    index, answer = pipeline.query_recent([newest, seen, oldest], "a mug", max_results=3)
+    assert index == 1
+    alone = pipeline.query(seen, "a mug", max_results=3)
+    assert answer.matches == alone.matches
+    np.testing.assert_array_equal(answer.similarity, alone.similarity)
+    assert answer.matches[0].id == seen.instance_ids[25, 34]
+    # One frame is a plain query; when no frame has a match the newest answers, with none.
+    assert pipeline.query_recent([seen], "a mug")[0] == 0
+    index, nothing = pipeline.query_recent([newest, seen], "a mug", threshold=1.0)
+    assert index == 0 and nothing.matches == []
+    with pytest.raises(ValueError, match="frames"):
+        pipeline.query_recent([], "a mug")
+    with pytest.raises(ValueError, match="text"):
+        pipeline.query_recent([newest, seen], " ")
+
+
 def test_label_and_describe(pipeline):
     frame = pipeline.process(_scene())
     labels = ["red block", "green block", "blue block"]
@@ -110,6 +155,21 @@ def test_label_and_describe(pipeline):
         pipeline.describe(
             frame, Prompt(points=np.array([[500.0, 5.0]]), point_labels=np.array([1]))
         )
+
+
+def test_standing_query_labels_and_label_follow_one_rule(pipeline):
+    """~/segments' labels from standing query answers equal ~/label's on the same phrases."""
+    frame = pipeline.process(_scene())
+    phrases = ["red block", "green block", "blue block"]
+    best = pipeline.label(frame, phrases, threshold=0.0).relevance.max(axis=1)
+    threshold = float(np.median(best))  # some regions pass it and some do not
+    labelled = pipeline.label(frame, phrases, threshold=threshold)
+    answers = [pipeline.query(frame, phrase, threshold=threshold) for phrase in phrases]
+    names = pipeline.region_labels(frame, answers)
+    ids = frame.instance_ids
+    per_region = [int(labelled.label_image[ids == i + 1][0]) for i in range(frame.num_regions)]
+    assert names == [phrases[k - 1] if k else "" for k in per_region]
+    assert "" in names and set(names) != {""}
 
 
 def test_frame_without_regions_is_empty_but_valid(tiny_clip_config):
@@ -181,3 +241,23 @@ def test_build_pipeline_from_config(tiny_clip_config):
     assert frame.model == tiny_clip_config.model_name
     with pytest.raises(ValueError, match="vocabulary"):
         PipelineConfig(clip=tiny_clip_config, vocabulary=["ok", ""])
+
+
+def test_process_with_depth_positions_every_final_region(pipeline):
+    """Depth at half the colour size: resampled, then each merged region gets its position."""
+    depth = np.full((48, 64), 3.0, np.float32)  # floor
+    depth[5:20, 5:25] = 1.0  # red block, rows 10:40 cols 10:50 at full size
+    depth[25:45, 10:30] = np.nan  # the green block is a hole: no position
+    intrinsics = CameraIntrinsics(fx=50.0, fy=50.0, cx=31.5, cy=23.5, width=64, height=48)
+    frame = pipeline.process(_scene(), 7, "cam", DepthFrame(depth, intrinsics, 7, "depth_optical"))
+    assert len(frame.positions) == frame.num_regions
+    assert frame.depth.depth_m.shape == (96, 128) and frame.depth.frame_id == "depth_optical"
+    red = frame.instance_ids[25, 30] - 1
+    green = frame.instance_ids[70, 40] - 1
+    assert frame.positions[red].position[2] == pytest.approx(1.0)
+    assert frame.positions[green] is None
+    match = next(m for m in pipeline.query(frame, "red block").matches if m.id == red + 1)
+    assert match.position == frame.positions[red]
+    flat = pipeline.process(_scene())
+    assert flat.depth is None and flat.positions == ()
+    assert all(m.position is None for m in pipeline.query(flat, "red block").matches)

@@ -8,6 +8,7 @@ import pytest
 from semret_ros.core.records import SemanticFrame
 from semret_ros.core.scoring import (
     QueryConfig,
+    choose_labels,
     label_frame,
     query_frame,
     rank_vocabulary,
@@ -163,28 +164,105 @@ def test_query_frame_rejects_bad_max_results():
         query_frame(make_frame(REGIONS), "mug", QUERY, NEGATIVES, max_results=-1)
 
 
-def test_label_frame_assigns_the_winning_label():
+def test_label_frame_assigns_the_most_relevant_label():
     labels = ["ceiling", "ground", "toilet paper"]
     label_embeddings = np.stack([basis(1), basis(0, 1), basis(0, 0, 1)])
     negatives = np.stack([basis(0, 0, 0, 0, 1)])
     regions = np.stack([basis(0, 0, 1), basis(1, 0.1), basis(0, 0, 0, 0, 1), basis(1, 1)])
     result = label_frame(make_frame(regions), labels, label_embeddings, negatives, threshold=0.5)
     assert result.label_image.dtype == np.uint16
-    # region 1 -> toilet paper, 2 -> ceiling, 3 -> a negative wins, 4 -> tie below threshold
-    np.testing.assert_array_equal(result.label_image[0], [3, 3, 1, 1, 0, 0, 0, 0])
-    assert result.relevance.shape == (4, 3)
-    assert np.all(result.relevance.sum(axis=1) <= 1.0 + 1e-6)
+    # region 1 -> toilet paper, 2 -> ceiling, 3 -> the negative fits better than any label,
+    # 4 -> as much ceiling as ground, both far above the negative: the first label.
+    np.testing.assert_array_equal(result.label_image[0], [3, 3, 1, 1, 0, 0, 1, 1])
+    assert result.relevance.shape == (4, 3) and result.relevance.dtype == np.float32
+    # Each label's relevance is what a query for it answers.
+    for index, label in enumerate(label_embeddings):
+        np.testing.assert_array_equal(
+            result.relevance[:, index], region_relevance(regions, label, negatives)
+        )
     np.testing.assert_allclose(result.scores, result.relevance.max(axis=0))
     assert result.labels == labels
 
 
-def test_label_frame_threshold_leaves_uncertain_regions_unlabelled():
+def test_similar_labels_no_longer_share_one_softmax():
+    # Three labels close to each other ("red mug", "red cup", "red jar") and a region that is
+    # clearly the first: the seed's softmax over labels + negative gives it under 0.5, so the
+    # old rule left it unlabelled; scored against the negative alone it is plainly relevant.
+    labels = ["red mug", "red cup", "red jar"]
+    label_embeddings = np.stack([basis(1, 0.3), basis(1, 0, 0.3), basis(1, 0, 0, 0.3)])
+    negatives = np.stack([basis(0, 0, 0, 0, 1)])
+    region = basis(1, 0.2)
+    cosines = np.vstack([label_embeddings, negatives]) @ region
+    softmax = np.exp(10 * cosines) / np.exp(10 * cosines).sum()
+    assert softmax.argmax() == 0 and softmax[0] < 0.5
+    result = label_frame(make_frame(region[None]), labels, label_embeddings, negatives)
+    assert result.label_image[0, 0] == 1
+    assert result.scores[0] > 0.99
+
+
+def test_label_frame_leaves_regions_unlabelled_when_nothing_fits():
     labels = ["a", "b"]
     label_embeddings = np.stack([basis(1), basis(0, 1)])
-    regions = np.stack([basis(1, 0.8)])
+    negatives = np.stack([basis(0, 0, 1)])
+    regions = np.stack([basis(0.2, 0.1, 1), basis(1, 0.8), basis(0, 0, 0, 1)])
     frame = make_frame(regions)
-    assert label_frame(frame, labels, label_embeddings, None, threshold=0.5).label_image.max() == 1
-    assert label_frame(frame, labels, label_embeddings, None, threshold=0.9).label_image.max() == 0
+    result = label_frame(frame, labels, label_embeddings, negatives, threshold=0.5)
+    # The negative is closer than either label; "a" beats it; orthogonal to all is a tie (0.5).
+    np.testing.assert_array_equal(result.label_image[0], [0, 0, 1, 1, 1, 1, 0, 0])
+    strict = label_frame(frame, labels, label_embeddings, negatives, threshold=0.9)
+    np.testing.assert_array_equal(strict.label_image[0], [0, 0, 1, 1, 0, 0, 0, 0])
+    assert not label_frame(frame, labels, label_embeddings, negatives, 1.0).label_image.any()
+
+
+def test_label_frame_cosine_mode_needs_no_negatives():
+    labels = ["a", "b"]
+    label_embeddings = np.stack([basis(1), basis(0, 1)])
+    regions = np.stack([basis(1, 0.8), basis(0, 0, 1)])
+    result = label_frame(make_frame(regions), labels, label_embeddings, None, mode="cosine")
+    np.testing.assert_array_equal(result.label_image[0], [1, 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(
+        result.relevance[0], [1 / math.hypot(1, 0.8), 0.8 / math.hypot(1, 0.8)], rtol=1e-6
+    )
+
+
+def test_label_frame_breaks_saturated_ties_on_the_margin():
+    # At a large contrast scale both labels' relevance is exactly 1, in float32 and float64;
+    # the one the region is closer to must still win, whatever the label order.
+    labels = ["near", "nearer"]
+    label_embeddings = np.stack([basis(1, 0.5), basis(1, 0.1)])
+    negatives = np.stack([basis(0, 0, 1)])
+    region = basis(1, 0.05)
+    result = label_frame(
+        make_frame(region[None]), labels, label_embeddings, negatives, threshold=0.5, scale=1000.0
+    )
+    assert result.relevance[0, 0] == result.relevance[0, 1] == 1.0
+    assert result.label_image[0, 0] == 2
+
+
+def test_label_frame_never_labels_a_region_without_a_finite_embedding():
+    regions = np.stack([basis(1), basis(0, 1)])
+    regions[1, 0] = np.nan
+    result = label_frame(make_frame(regions), ["a", "b"], np.eye(2, DIM), NEGATIVES, threshold=0.0)
+    np.testing.assert_array_equal(result.label_image[0], [1, 1, 0, 0, 0, 0, 0, 0])
+
+
+def test_choose_labels_rule():
+    relevance = np.array([[0.2, 0.7, 0.7], [0.6, 0.3, 0.1], [0.4, 0.45, 0.0], [0.0, 0.0, 0.0]])
+    margin = np.array([[0.0, 0.1, 0.3], [0.2, 0.0, 0.0], [0.0, 0.0, 0.0], [-np.inf] * 3])
+    # Highest relevance, ties on the margin; below the threshold or no finite margin: none.
+    np.testing.assert_array_equal(choose_labels(relevance, margin, 0.5), [3, 1, 0, 0])
+    np.testing.assert_array_equal(choose_labels(relevance, margin, 0.0), [3, 1, 2, 0])
+    # One threshold per label (standing queries each bring their own).
+    np.testing.assert_array_equal(choose_labels(relevance, margin, [0.1, 0.4, 0.8]), [0, 1, 2, 0])
+    assert choose_labels(np.zeros((0, 2)), np.zeros((0, 2)), 0.5).shape == (0,)
+    with pytest.raises(ValueError, match="margin"):
+        choose_labels(relevance, margin[:, :2], 0.5)
+    with pytest.raises(ValueError, match="relevance"):
+        choose_labels(relevance[0], margin[0], 0.5)
+    with pytest.raises(ValueError, match="thresholds"):
+        choose_labels(relevance, margin, [0.5, 0.5])
+    with pytest.raises(ValueError, match="threshold"):
+        choose_labels(relevance, margin, math.nan)
 
 
 @pytest.mark.parametrize("labels", [[], ["a", "a"], ["a", " "], "ab"])
@@ -193,9 +271,11 @@ def test_label_frame_rejects_bad_labels(labels):
         label_frame(make_frame(REGIONS), labels, np.eye(2, DIM), NEGATIVES)
 
 
-def test_label_frame_single_label_needs_negatives():
+def test_label_frame_contrastive_needs_negatives():
     with pytest.raises(ValueError, match="negative"):
         label_frame(make_frame(REGIONS), ["a"], QUERY[None], None)
+    with pytest.raises(ValueError, match="negative"):
+        label_frame(make_frame(REGIONS), ["a", "b"], np.eye(2, DIM), None)
     with pytest.raises(ValueError, match="label_embeddings"):
         label_frame(make_frame(REGIONS), ["a", "b"], QUERY[None], NEGATIVES)
 

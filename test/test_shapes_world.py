@@ -1,7 +1,9 @@
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from semret_ros.core.depth import DepthFrame, depth_to_16uc1, segment_positions
 from semret_ros.shapes import world as sw
 from semret_ros.tools.train import ShapesDataset, positives
 
@@ -152,3 +154,114 @@ def test_background_samples_match_no_object_caption():
     nb = len(background)
     assert pos[:nb, :nb].all(), "background captions describe every background region"
     assert not pos[:nb, nb:].any() and not pos[nb:, :nb].any()
+
+
+def test_depth_is_deterministic_per_seed_and_leaves_the_colour_image_alone():
+    scene = sw.generate_scene(5, 160, 120, hard=True)
+    image = scene.image.copy()
+    a, b = sw.render_depth(scene), sw.render_depth(scene)
+    np.testing.assert_array_equal(a.depth_m, b.depth_m)  # NaN holes compare equal here
+    assert not np.array_equal(
+        np.nan_to_num(a.depth_m), np.nan_to_num(sw.render_depth(scene, seed=6).depth_m)
+    )
+    np.testing.assert_array_equal(scene.image, image)
+    assert a.depth_m.shape == a.true_depth_m.shape == (120, 160)
+    assert a.depth_m.dtype == np.float32
+    assert (a.intrinsics.width, a.intrinsics.height) == (160, 120)
+
+
+def test_depth_ground_truth_centroids_agree_with_segment_positions_on_the_masks():
+    for seed in range(6):
+        scene = sw.generate_scene(seed, hard=True)
+        rendered = sw.render_depth(scene)
+        depth = DepthFrame(rendered.depth_m, rendered.intrinsics, stamp_ns=0, frame_id="camera")
+
+        positions = segment_positions(scene.instance_ids, len(scene.objects), depth, 20)
+
+        assert rendered.centroids.shape == (len(scene.objects), 3)
+        for obj, position, centroid in zip(
+            scene.objects, positions, rendered.centroids, strict=True
+        ):
+            assert position is not None, obj.name
+            assert np.abs(np.array(position.position) - centroid).max() < 0.03, (seed, obj.name)
+
+
+def test_depth_has_holes_noise_and_flying_pixels_at_edges():
+    scene = sw.generate_scene(2, hard=True)
+    rendered = sw.render_depth(scene)
+    holes = np.isnan(rendered.depth_m)
+    assert 0.005 < holes.mean() < 0.1
+    valid = ~holes
+    error = np.abs(rendered.depth_m - rendered.true_depth_m)[valid]
+    assert np.median(error) > 0.0005  # noisy, not the true depth
+    np.testing.assert_allclose(
+        rendered.depth_m[valid] * 1000, np.round(rendered.depth_m[valid] * 1000), atol=1e-3
+    )
+    # Flying pixels: readings beyond six noise sigmas (0.001 z^2) from the truth, next to
+    # object edges only.
+    ids = scene.instance_ids
+    edge = np.zeros_like(holes)
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[:, :-1] |= ids[:, 1:] != ids[:, :-1]
+    edge[1:] |= ids[1:] != ids[:-1]
+    edge[:-1] |= ids[1:] != ids[:-1]
+    edge = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    truth = rendered.true_depth_m
+    error = np.abs(np.nan_to_num(rendered.depth_m) - truth)
+    wrong = valid & (error > 6 * 0.001 * truth**2 + 0.001)
+    assert wrong.sum() > 50
+    assert not (wrong & ~edge).any()
+    assert (holes & edge).mean() / edge.mean() > 0.2  # edges lose many readings
+
+
+def test_depth_order_matches_the_drawing_order_and_the_wall_is_behind():
+    for seed in range(8):
+        scene = sw.generate_scene(seed, hard=True)
+        rendered = sw.render_depth(scene)
+        depths = [float(np.median(rendered.true_depth_m[obj.mask])) for obj in scene.objects]
+        # Objects drawn later cover earlier ones, so they are nearer.
+        assert depths == sorted(depths, reverse=True), seed
+        nearest_wall = rendered.true_depth_m[scene.instance_ids == 0].min()
+        farthest_object = max(rendered.true_depth_m[obj.mask].max() for obj in scene.objects)
+        assert farthest_object < nearest_wall, seed
+
+
+def test_rendered_depth_encodes_as_16uc1_with_holes_as_zero():
+    rendered = sw.render_depth(sw.generate_scene(1, 64, 48))
+    units = depth_to_16uc1(rendered.depth_m)
+    assert units.dtype == np.uint16
+    np.testing.assert_array_equal(units == 0, np.isnan(rendered.depth_m))
+
+
+def test_shifted_training_masks_do_not_wrap_around():
+    # An object touching the left edge: a shift to the left must push part of it out of the
+    # image, never bring it back in at the right edge (np.roll did).
+    mask = np.zeros((60, 80), bool)
+    mask[20:40, 0:12] = True
+    shifted = 0
+    for seed in range(300):
+        out = sw.perturb_mask(np.random.default_rng(seed), mask)
+        assert not out[:, 40:].any(), seed
+        shifted += not np.array_equal(out, mask)
+    assert shifted > 0
+    assert np.array_equal(sw.shift_mask(mask, 0, -4)[:, :8], mask[:, 4:12])
+    assert not sw.shift_mask(mask, 0, -4)[:, 8:].any()
+    assert np.array_equal(sw.shift_mask(mask, 3, 5)[23:43, 5:17], mask[20:40, 0:12])
+
+
+def test_randomized_crops_are_deterministic_and_differ_from_the_classic_recipe():
+    a = sw.sample_crop(4, randomize=True)
+    b = sw.sample_crop(4, randomize=True)
+    assert np.array_equal(a.crop, b.crop) and (a.color, a.shape) == (b.color, b.shape)
+    assert not np.array_equal(a.crop, sw.sample_crop(4).crop)
+    crop = sw.sample_crop(4, randomize=True, combo=("red", "star"))
+    assert (crop.color, crop.shape) == ("red", "star")
+    background = sw.sample_background_crop(4, randomize=True)
+    assert background.ndim == 3 and background.dtype == np.uint8
+
+
+def test_simulated_camera_keeps_size_and_stays_near_the_image():
+    image = sw.generate_scene(2, 96, 80).image
+    out = sw.simulate_camera(np.random.default_rng(0), image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(float) - image).mean() < 30

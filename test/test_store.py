@@ -95,3 +95,16 @@ def test_concurrent_writers_and_readers_see_whole_frames():
         thread.join()
     assert not errors
     assert len(store) == 4
+
+
+def test_newest_lists_recent_frames_newest_first():
+    store = FrameStore(3)
+    for stamp in (10, 20, 30, 40):
+        store.add(make_frame(stamp))
+    assert [f.stamp_ns for f in store.newest(2)] == [40, 30]
+    # More than stored: every stored frame (the oldest was evicted).
+    assert [f.stamp_ns for f in store.newest(10)] == [40, 30, 20]
+    assert FrameStore(2).newest(5) == []
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="count"):
+            store.newest(bad)

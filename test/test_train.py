@@ -14,6 +14,7 @@ from semret_ros.shapes import world as sw
 from semret_ros.tools.train import (
     CHECKPOINT_NAME,
     WILDCARD,
+    ShapesDataset,
     contrastive_loss,
     main,
     positives,
@@ -185,3 +186,35 @@ def test_soft_targets_pull_a_true_but_unpaired_caption_closer():
 
     assert grad_image0_towards_caption1(positives(image_keys, caption_keys)) < 0
     assert grad_image0_towards_caption1(torch.eye(2, dtype=torch.bool)) > 0
+
+
+def test_init_starts_from_a_model_folder_and_refuses_another_architecture(tmp_path, tiny_cfg_file):
+    first, _ = _train(tmp_path, tiny_cfg_file, "first", steps=3)
+    # Learning rate 0: one step changes no weight (only batch-norm statistics), so the output
+    # has the weights of the folder it started from.
+    tuned, _ = _train(
+        tmp_path, tiny_cfg_file, "tuned", "--init", str(first), "--lr", "0", "--recipe", "2",
+        steps=1,
+    )  # fmt: skip
+    start = load_file(str(first / "open_clip_model.safetensors"))
+    end = load_file(str(tuned / "open_clip_model.safetensors"))
+    weights = [k for k in start if "running_" not in k and "num_batches" not in k]
+    assert weights and all(torch.equal(start[k], end[k]) for k in weights)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**TINY, "embed_dim": 16}))
+    with pytest.raises(SystemExit, match="architecture"):
+        _train(tmp_path, other, "bad", "--init", str(first), steps=1)
+
+
+def test_recipe_2_pairs_samples_that_differ_in_one_attribute():
+    data = ShapesDataset(0, 10_000, lambda image: image, recipe=2)
+    pairs = [(data.paired_combo(2 * k), data.paired_combo(2 * k + 1)) for k in range(112)]
+    for a, b in pairs:
+        assert (a[0] == b[0]) != (a[1] == b[1]), (a, b)
+        assert a not in sw.HELD_OUT and b not in sw.HELD_OUT
+    # Every seen combination leads a pair exactly once per cycle: balanced attribute pairs.
+    assert sorted(a for a, _ in pairs[:56]) == sorted(sw.SEEN_COMBOS)
+    sample = data[1]
+    assert sample.caption and np.asarray(sample.image).dtype == np.uint8
+    with pytest.raises(ValueError, match="recipe"):
+        ShapesDataset(0, 10, lambda image: image, recipe=3)

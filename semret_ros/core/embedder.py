@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 from torchvision.transforms import Compose, Normalize, ToTensor
 
 from semret_ros.core.image import check_image, check_instance_ids
+from semret_ros.core.object_guided import REGION_ENCODERS, load_object_guided, region_batch
 from semret_ros.core.refine import region_stats
 from semret_ros.core.visual_prompt import VISUAL_PROMPTS, crop_region, square_crop
 
@@ -111,6 +112,13 @@ class ClipConfig:
     allow_download: bool = False
     text_cache_size: int = 4096
     """Phrases kept in the LRU text-feature cache; query vocabularies repeat, images don't."""
+    region_encoder: str = "crop"
+    """What embeds a region: "crop" (this CLIP's image tower on the region's crop) or
+    "object-guided" (seed 004's encoder, :mod:`semret_ros.core.object_guided`, trained on
+    this CLIP's frozen trunk and text tower; needs ``region_encoder_path`` and masked crops).
+    The whole-image feature always comes from the CLIP image tower."""
+    region_encoder_path: str | None = None
+    """Folder written by ``semret-train --objective object-guided``."""
 
     def __post_init__(self) -> None:
         _check_device_precision(self.device, self.precision)
@@ -129,6 +137,18 @@ class ClipConfig:
         if self.text_cache_size < 1:
             raise ValueError(f"text_cache_size must be >= 1, got {self.text_cache_size}")
         self.templates = tuple(self.templates)
+        if self.region_encoder not in REGION_ENCODERS:
+            raise ValueError(
+                f"region_encoder must be one of {REGION_ENCODERS}, got {self.region_encoder!r}"
+            )
+        if self.region_encoder == "object-guided":
+            if not self.region_encoder_path:
+                raise ValueError("region_encoder 'object-guided' needs region_encoder_path")
+            if self.visual_prompt != "masked_crop":
+                raise ValueError(
+                    "region_encoder 'object-guided' reads the region's mask from its masked "
+                    f"crop: visual_prompt must be 'masked_crop', got {self.visual_prompt!r}"
+                )
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise ValueError(f"templates must each contain one '{{}}', got {self.templates}")
 
@@ -365,6 +385,11 @@ class ClipEmbedder:
             allow_download=config.allow_download,
         )
         self.device = torch.device(config.device)
+        self.region_encoder = (
+            load_object_guided(config.region_encoder_path, self.model.visual)
+            if config.region_encoder == "object-guided"
+            else None
+        )
         self.input_dtype = next(
             (m.weight.dtype for m in self.model.visual.modules() if isinstance(m, torch.nn.Conv2d)),
             torch.float32,
@@ -421,6 +446,9 @@ class ClipEmbedder:
                     self.config.crop_padding,
                 )
             )
+        if self.region_encoder is not None:
+            global_feature = self._encode_crops(crops[:1])[0]
+            return self._blend(self._encode_regions(crops[1:]), global_feature), global_feature
         features = self._encode_crops(crops)
         return self._blend(features[1:], features[0]), features[0]
 
@@ -432,7 +460,7 @@ class ClipEmbedder:
     ) -> np.ndarray:
         """(N, D) features of the given masks; blended with ``global_embedding`` if given."""
         image = check_image(image)
-        features = self._encode_crops(self._crops(image, masks))
+        features = self._encode_regions(self._crops(image, masks))
         if global_embedding is None:
             return features
         global_embedding = np.asarray(global_embedding, np.float32)
@@ -444,6 +472,20 @@ class ClipEmbedder:
                 f"got shape {global_embedding.shape}"
             )
         return self._blend(features, global_embedding)
+
+    @property
+    def input_side(self) -> int:
+        """Side in pixels of the square picture the image tower sees (e.g. 224)."""
+        size = self.model.visual.image_size
+        return int(size) if isinstance(size, int) else int(max(size))
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(M, D) features of whole pictures (no mask, no blend), e.g. sliding windows.
+
+        Each picture goes through the model's own preprocess as it is (shorter side resized,
+        centre crop), so a square window is seen entire; views into a larger image are fine.
+        """
+        return self._encode_crops([check_image(image) for image in images])
 
     def _global_view(self, image: np.ndarray) -> np.ndarray:
         """The whole frame padded to a square, so the centre crop keeps all of it."""
@@ -460,18 +502,28 @@ class ClipEmbedder:
             crops.append(crop)
         return crops
 
-    def _encode_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Preprocess all crops, move them to the device once, encode in batch_size chunks."""
+    def _encode_regions(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Region features from their crops, by the configured region encoder."""
+        return self._encode_crops(crops, self.region_encoder)
+
+    def _encode_crops(
+        self, crops: Sequence[np.ndarray], encoder: torch.nn.Module | None = None
+    ) -> np.ndarray:
+        """Preprocess all crops, move them to the device once, encode in batch_size chunks,
+        by the CLIP image tower or ``encoder`` (the object-guided one, fed crops + masks)."""
         if not crops:
             return np.zeros((0, self.embedding_dim), np.float32)
         batch = self.preprocess_batch(crops)
+        if encoder is not None:
+            batch = region_batch(batch, crops)
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         with torch.inference_mode():
             batch = batch.to(self.device, self.input_dtype, non_blocking=True)
             chunks = []
+            encode = self.model.encode_image if encoder is None else encoder
             for chunk in batch.split(self.config.batch_size):
-                chunks.append(self.model.encode_image(chunk))
+                chunks.append(encode(chunk))
                 self.image_encoder_calls += 1
             features = F.normalize(torch.cat(chunks).float(), dim=-1).cpu().numpy()
         return _finite(features, "image")

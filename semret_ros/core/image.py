@@ -3,10 +3,13 @@
 Every other core function assumes a C-contiguous HxWx3 uint8 RGB image; this module is the one
 place that turns camera buffers into that form and rejects anything else with a message that
 names the offending shape and dtype, so a bad frame fails here instead of deep inside a model.
+It also scales the images that leave the core (similarity, mask, overlay) to the size a client
+asked for, so an answer sent over Wi-Fi carries no more pixels than the client wants.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 COLOR_ORDERS: dict[str, int] = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4, "mono": 1}
@@ -91,3 +94,46 @@ def check_instance_ids(instance_ids: np.ndarray, num_regions: int) -> np.ndarray
             f"0..{num_regions} ({num_regions} regions)"
         )
     return ids
+
+
+RESIZE_METHODS: dict[str, int] = {"nearest": cv2.INTER_NEAREST_EXACT, "area": cv2.INTER_AREA}
+"""How :func:`resize` samples: ``nearest`` keeps values exact (ids, relevance, binary masks),
+``area`` averages (camera pictures)."""
+
+
+def check_image_scale(scale: float) -> float:
+    """A requested output scale as a factor in (0, 1]; 0 means 1 (full size).
+
+    Upscaling adds bytes and no information, so factors above 1 are refused like NaN and
+    negative ones; the message names the field, ``image_scale``.
+    """
+    value = float(scale)
+    if value == 0.0:
+        return 1.0
+    if not 0.0 < value <= 1.0:  # NaN fails both comparisons
+        raise ValueError(f"image_scale must be in (0, 1] (0: full size), got {value!r}")
+    return value
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of an HxW image scaled by ``scale``, rounded, at least 1x1."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(image: np.ndarray, scale: float, method: str = "nearest") -> np.ndarray:
+    """``image`` (HxW or HxWxC; bool, uint8 or float32) scaled by ``scale`` (see RESIZE_METHODS).
+
+    Scale 1 returns the array itself (no copy); a bool mask stays bool. Each output pixel of
+    ``nearest`` is the input pixel under its centre (cv2.INTER_NEAREST_EXACT), so a mask
+    resized this way equals the resized similarity thresholded.
+    """
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"method must be one of {sorted(RESIZE_METHODS)}, got {method!r}")
+    scale = check_image_scale(scale)
+    values = np.asarray(image)
+    if scale == 1.0:
+        return values
+    height, width = scaled_size(values.shape[0], values.shape[1], scale)
+    source = values.view(np.uint8) if values.dtype == np.bool_ else values
+    resized = cv2.resize(source, (width, height), interpolation=RESIZE_METHODS[method])
+    return resized.astype(np.bool_) if values.dtype == np.bool_ else resized

@@ -297,6 +297,47 @@ def mean_iou(
     return float(np.mean(list(per_class.values()))), per_class
 
 
+@dataclass
+class LabelScores:
+    """How a label image agrees with K objects when label k + 1 names object k (0 = none)."""
+
+    accuracy: np.ndarray
+    """(K,) float64 share of object k's pixels labelled k + 1 (its own label)."""
+    iou: np.ndarray
+    """(K,) float64 IoU of the pixels labelled k + 1 with object k's mask; its mean over the
+    objects is the scene's label mIoU."""
+    background_labelled: float
+    """Share of the pixels outside every object that got some label (0 when there are none)."""
+
+
+def label_scores(label_image: np.ndarray, masks: Sequence[np.ndarray] | np.ndarray) -> LabelScores:
+    """Per-object pixel accuracy and IoU of a multi-label answer (``LabelResult.label_image``).
+
+    Accuracy says whether each object got its own label (unlabelled and wrongly labelled
+    pixels both count against it); IoU also charges pixels the label spills onto other
+    objects and the background, so a rule that labels everything cannot score well on both.
+    """
+    labels = np.asarray(label_image)
+    if labels.ndim != 2:
+        raise ValueError(f"label_image: expected an HxW image, got shape {labels.shape}")
+    objects = np.asarray(masks, dtype=bool)
+    if objects.ndim != 3 or objects.shape[1:] != labels.shape:
+        raise ValueError(
+            f"masks: expected (K, {labels.shape[0]}, {labels.shape[1]}) object masks, "
+            f"got shape {objects.shape}"
+        )
+    sizes = objects.reshape(objects.shape[0], -1).sum(axis=1)
+    if np.any(sizes == 0):
+        raise ValueError(f"masks: object {int(np.argmin(sizes))} is empty")
+    own = np.array([np.count_nonzero(labels[mask] == k + 1) for k, mask in enumerate(objects)])
+    accuracy = own / sizes
+    ious = np.array([iou(labels == k + 1, mask) for k, mask in enumerate(objects)])
+    background = ~objects.any(axis=0)
+    outside = int(np.count_nonzero(background))
+    spilled = np.count_nonzero(labels[background] > 0) / outside if outside else 0.0
+    return LabelScores(accuracy=accuracy, iou=ious, background_labelled=float(spilled))
+
+
 HIT_IOU = 0.5
 """hit@1: the top-ranked region must overlap the named object at least this much (IoU)."""
 
@@ -321,3 +362,67 @@ def hit_at_1(
         return False, 0.0
     overlap = iou(np.asarray(instance_ids) == best + 1, target)
     return overlap >= min_iou, overlap
+
+
+@dataclass(frozen=True)
+class RetrievalScores:
+    """Cross-modal retrieval figures of paired image and caption features (seed 004).
+
+    Recall@k is the share of pairs whose correct partner ranks in the top k; ranks are 1-based.
+    """
+
+    i2t_r1: float
+    i2t_r5: float
+    t2i_r1: float
+    t2i_r5: float
+    i2t_mean_rank: float
+    t2i_mean_rank: float
+    pairs: int
+    captions: int
+
+
+def retrieval_metrics(
+    image_features: np.ndarray, caption_ids: np.ndarray, caption_features: np.ndarray
+) -> RetrievalScores:
+    """Image-to-text and text-to-image retrieval of N image features against C captions.
+
+    ``caption_ids[i]`` names image i's caption (a row of ``caption_features``). Generated
+    scenes repeat captions (many crops are "red circle"), so another crop of the same caption
+    is never counted against a pair: image to text ranks the C distinct captions for each
+    image; text to image ranks image i, for its caption, among the images of other captions.
+    Cosine similarity; ties count in the pair's favour.
+    """
+    images = np.asarray(image_features, dtype=np.float64)
+    texts = np.asarray(caption_features, dtype=np.float64)
+    ids = np.asarray(caption_ids)
+    if images.ndim != 2 or texts.ndim != 2 or images.shape[1] != texts.shape[1]:
+        raise ValueError(
+            f"features: expected (N, D) images and (C, D) captions, got {images.shape} and "
+            f"{texts.shape}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("image_features: no pairs to rank")
+    if ids.shape != (images.shape[0],) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"caption_ids: expected ({images.shape[0]},) integers, got {ids.shape}")
+    if ids.min() < 0 or ids.max() >= texts.shape[0]:
+        raise ValueError(f"caption_ids: values must lie in 0..{texts.shape[0] - 1}")
+    images /= np.maximum(np.linalg.norm(images, axis=1, keepdims=True), 1e-12)
+    texts /= np.maximum(np.linalg.norm(texts, axis=1, keepdims=True), 1e-12)
+    similarity = images @ texts.T  # (N, C)
+    rows = np.arange(images.shape[0])
+    correct = similarity[rows, ids]
+    i2t_rank = 1 + np.count_nonzero(similarity > correct[:, None], axis=1)
+    # For image i's caption: how many images of other captions score above image i.
+    column = similarity[:, ids]  # (N images, N pairs): image j against pair i's caption
+    other = ids[:, None] != ids[None, :]
+    t2i_rank = 1 + np.count_nonzero((column > correct[None, :]) & other, axis=0)
+    return RetrievalScores(
+        i2t_r1=float(np.mean(i2t_rank <= 1)),
+        i2t_r5=float(np.mean(i2t_rank <= 5)),
+        t2i_r1=float(np.mean(t2i_rank <= 1)),
+        t2i_r5=float(np.mean(t2i_rank <= 5)),
+        i2t_mean_rank=float(np.mean(i2t_rank)),
+        t2i_mean_rank=float(np.mean(t2i_rank)),
+        pairs=int(images.shape[0]),
+        captions=int(texts.shape[0]),
+    )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from semret_ros.core.depth import DepthFrame, SegmentPosition, align_depth, segment_positions
 from semret_ros.core.embedder import ClipConfig, ClipEmbedder, model_vocabulary
 from semret_ros.core.image import check_image
 from semret_ros.core.records import (
@@ -33,9 +34,12 @@ from semret_ros.core.refine import (
 from semret_ros.core.scoring import (
     QueryConfig,
     check_phrases,
+    check_threshold,
+    choose_labels,
     label_frame,
     query_frame,
     rank_vocabulary,
+    region_relevance,
 )
 from semret_ros.core.segmenters import (
     Sam2Config,
@@ -66,6 +70,10 @@ class PipelineConfig:
             check_phrases("vocabulary", self.vocabulary)
 
 
+DEFAULT_MIN_DEPTH_POINTS = 20
+"""Valid depth pixels a region needs for a 3D position: fewer is noise on an edge or a hole."""
+
+
 class SemanticPipeline:
     """Turns RGB frames into :class:`SemanticFrame` records and answers phrases against them.
 
@@ -88,8 +96,20 @@ class SemanticPipeline:
         self.query_config = query or QueryConfig()
         self.vocabulary = tuple(vocabulary)
 
-    def process(self, image: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> SemanticFrame:
+    def process(
+        self,
+        image: np.ndarray,
+        stamp_ns: int = 0,
+        frame_id: str = "",
+        depth: DepthFrame | None = None,
+        min_depth_points: int = DEFAULT_MIN_DEPTH_POINTS,
+    ) -> SemanticFrame:
         """Segment, refine and embed one RGB frame (HxWx3 uint8, see ``image.to_rgb``).
+
+        ``depth``: a registered depth image of the same scene (any size with the same aspect
+        ratio); each final region then gets a 3D position from its pixels' depths (None where
+        fewer than ``min_depth_points`` are valid). Positions are computed after merging, on
+        the ids the frame keeps, so they describe exactly the regions a query returns.
 
         The frame record keeps ``image`` itself, not a copy: hand over an array nobody
         modifies afterwards (``to_rgb`` always returns a fresh one).
@@ -115,6 +135,12 @@ class SemanticPipeline:
             np.maximum.at(merged_scores, parent - 1, scores)
             scores = merged_scores
             bboxes, areas = region_stats(instance_ids, embeddings.shape[0])
+        positions: tuple[SegmentPosition | None, ...] = ()
+        if depth is not None:
+            depth = align_depth(depth, image.shape[1], image.shape[0])
+            positions = tuple(
+                segment_positions(instance_ids, embeddings.shape[0], depth, min_depth_points)
+            )
         return SemanticFrame(
             stamp_ns=int(stamp_ns),
             frame_id=frame_id,
@@ -126,6 +152,8 @@ class SemanticPipeline:
             bboxes=bboxes,
             areas=areas,
             model=self.embedder.model_name,
+            depth=depth,
+            positions=positions,
         )
 
     def _negative_embeddings(
@@ -170,6 +198,43 @@ class SemanticPipeline:
             scale=config.contrast_scale,
         )
 
+    def query_recent(
+        self,
+        frames: Sequence[SemanticFrame],
+        text: str,
+        negatives: Sequence[str] | None = None,
+        threshold: float | None = None,
+        max_results: int | None = None,
+        config: QueryConfig | None = None,
+    ) -> tuple[int, QueryResult]:
+        """The best answer to ``text`` over ``frames`` (newest first): (its index, the answer).
+
+        "Where did you last see X" while the camera has moved on: every frame's regions are
+        scored (a table lookup each, the phrase's feature is embedded once) and
+        :func:`best_frame` picks the frame; only that one gets the similarity image and mask.
+        With one frame this is :meth:`query`. Arguments as for :meth:`query`.
+        """
+        if not frames:
+            raise ValueError("frames: expected at least one frame to search")
+        check_phrases("text", [text])
+        config = config or self.query_config
+        threshold = check_threshold(config.threshold if threshold is None else threshold)
+        index = 0
+        if len(frames) > 1:
+            phrase = self.embedder.embed_text([text])[0]
+            negative = self._negative_embeddings(negatives, config)
+            index = best_frame(
+                [
+                    region_relevance(
+                        frame.embeddings, phrase, negative, config.mode, config.contrast_scale
+                    )
+                    for frame in frames
+                ],
+                threshold,
+            )
+        answer = self.query(frames[index], text, negatives, threshold, max_results, config)
+        return index, answer
+
     def label(
         self,
         frame: SemanticFrame,
@@ -177,7 +242,11 @@ class SemanticPipeline:
         threshold: float | None = None,
         config: QueryConfig | None = None,
     ) -> LabelResult:
-        """Which of ``labels`` each region is, as a label image (0 where none passes)."""
+        """Which of ``labels`` each region is, as a label image (0 where none passes).
+
+        Each label is scored as a query for it would be (same mode, negatives and scale), and
+        the region takes its most relevant label (``scoring.choose_labels``).
+        """
         check_phrases("labels", labels)
         config = config or self.query_config
         return label_frame(
@@ -186,22 +255,25 @@ class SemanticPipeline:
             self.embedder.embed_text(labels),
             self._negative_embeddings(None, config),
             threshold=config.threshold if threshold is None else threshold,
+            mode=config.mode,
             scale=config.contrast_scale,
         )
 
     def region_labels(self, frame: SemanticFrame, results: Sequence[QueryResult]) -> list[str]:
-        """Per region, the phrase of the best of ``results`` (answers on this frame), or "".
+        """Per region, the phrase of the most relevant of ``results`` passing its threshold, or "".
 
-        ~/segments labels its regions with the standing queries this way.
+        ``results`` answer phrases on this frame with one configuration (the node's standing
+        queries); ~/segments labels its regions with them by the same rule ~/label uses
+        (``scoring.choose_labels``), so the two never disagree on the same phrases.
         """
         if not results or not frame.num_regions:
             return [""] * frame.num_regions
-        relevance = np.stack([result.relevance for result in results])
-        best = relevance.argmax(axis=0)
-        return [
-            results[q].text if relevance[q, i] >= results[q].threshold else ""
-            for i, q in enumerate(best)
-        ]
+        choice = choose_labels(
+            np.stack([result.relevance for result in results], axis=1),
+            np.stack([result.margin for result in results], axis=1),
+            [result.threshold for result in results],
+        )
+        return [results[c - 1].text if c else "" for c in choice]
 
     def describe(
         self,
@@ -237,6 +309,27 @@ class SemanticPipeline:
             scale=config.contrast_scale,
         )
         return DescribeResult(mask=mask, labels=labels, scores=scores)
+
+
+def best_frame(relevances: Sequence[np.ndarray], threshold: float) -> int:
+    """Index of the frame (newest first) whose best region matches a phrase best.
+
+    ``relevances[i]`` is frame i's (N_i,) relevance per region to the phrase. The frame whose
+    most relevant region passes ``threshold`` with the highest relevance wins; ties go to the
+    newer frame, so a robot that sees the object equally well in several frames answers
+    from the latest view. When no region of any frame passes, the newest frame (index 0)
+    answers, with no matches, exactly as a query on it alone would.
+    """
+    if len(relevances) == 0:
+        raise ValueError("relevances: expected at least one frame")
+    threshold = check_threshold(threshold)
+    best_index, best_score = 0, -np.inf
+    for index, relevance in enumerate(relevances):
+        values = np.asarray(relevance, dtype=np.float64).reshape(-1)
+        top = float(values.max()) if values.size else -np.inf
+        if top >= threshold and top > best_score:
+            best_index, best_score = index, top
+    return best_index
 
 
 def release_device_memory() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semret_ros.core.depth import DepthFrame, SegmentPosition
 from semret_ros.core.image import check_instance_ids
 
 BBox = tuple[int, int, int, int]
@@ -88,6 +89,8 @@ class Match:
     bbox: BBox
     area: int
     label: str = ""
+    position: SegmentPosition | None = None
+    """Where the region is in 3D, when its frame had depth (see ``SemanticFrame.positions``)."""
 
 
 @dataclass
@@ -115,6 +118,11 @@ class SemanticFrame:
     areas: np.ndarray
     """(N,) int64 pixel counts."""
     model: str
+    depth: DepthFrame | None = None
+    """The depth image paired with this frame, resampled to its size; None: 2D only."""
+    positions: tuple[SegmentPosition | None, ...] = ()
+    """Per region (row order), its 3D position from ``depth`` (None: too few valid depth
+    points); empty without depth."""
 
     @property
     def num_regions(self) -> int:
@@ -137,6 +145,10 @@ class QueryResult:
     threshold: float
     relevance: np.ndarray
     """(N,) float32 in [0, 1], one per region (row order of the frame's embeddings)."""
+    margin: np.ndarray
+    """(N,) float64, what relevance increases with, unsaturated: the cosine to the phrase minus
+    the highest cosine to a negative (contrastive mode) or the cosine (cosine mode); -inf for
+    a region without a finite embedding. It breaks ties where float32 relevance saturates."""
     similarity: np.ndarray
     """HxW float32 in [0, 1]; 0 where no region."""
     mask: np.ndarray
@@ -152,9 +164,10 @@ class LabelResult:
     labels: list[str]
     threshold: float
     relevance: np.ndarray
-    """(N, L) float32 in [0, 1]."""
+    """(N, L) float32 in [0, 1]: each label's relevance to each region, as a query for it."""
     label_image: np.ndarray
-    """HxW uint16: i + 1 where labels[i] wins and passes the threshold, 0 elsewhere."""
+    """HxW uint16: i + 1 where labels[i] is the region's most relevant label and passes the
+    threshold, 0 elsewhere (see ``scoring.choose_labels``)."""
     scores: np.ndarray
     """(L,) float32 best relevance of each label over the frame's regions."""
 

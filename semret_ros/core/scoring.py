@@ -16,6 +16,12 @@ information. Two scorings that do carry information are offered:
   "as close to the query as to the closest negative", which makes 0.5 a meaningful default
   threshold for any phrase.
 
+Labels (``~/label``, and ~/segments with standing queries) follow one rule,
+:func:`choose_labels`: each label is scored as a query for it is, and a region takes its most
+relevant label, or none when even that one is below the threshold. The seed's single softmax
+over every label and negative made similar labels ("red circle", "red square") share the
+probability, so a region that was clearly one of them often stayed under 0.5 and unlabelled.
+
 Non-finite numbers never reach an output: a region whose embedding holds NaN/inf gets
 relevance 0, and a query or negative/label/vocabulary embedding holding NaN/inf makes every
 relevance 0 (there is nothing trustworthy to compare with).
@@ -204,6 +210,73 @@ def _phrase_probabilities(
     return probabilities, valid
 
 
+def _phrase_scores(
+    embeddings: np.ndarray,
+    phrases: np.ndarray,
+    negatives: np.ndarray | None,
+    mode: str,
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relevance and margin ((N, P) float64 each) of N regions to P phrases, each phrase alone.
+
+    Every phrase is scored exactly as a query is (against the negatives only, never against
+    the other phrases). The margin is the unsaturated number the relevance increases with:
+    in contrastive mode the phrase's cosine minus the highest negative's cosine, in cosine
+    mode the cosine itself. It orders regions/phrases where the relevance saturates (several
+    at 1.0 in float32, or at 0 in cosine mode); a region whose embedding is not finite, or
+    every region when a phrase or negative is not finite, gets relevance 0 and margin -inf.
+    """
+    check_mode(mode)
+    check_scale(scale)
+    regions = _as_rows("embeddings", embeddings, None)
+    dim = regions.shape[1]
+    phrase_rows = _as_rows("phrases", phrases, dim)
+    negative_rows = _as_rows("negatives", negatives, dim)
+    if mode == "contrastive" and negative_rows.shape[0] == 0:
+        raise ValueError(
+            "negatives: contrastive mode needs at least one negative phrase embedding "
+            "(a softmax over the query alone is identically 1); use mode='cosine' otherwise"
+        )
+
+    count = phrase_rows.shape[0]
+    shape = (regions.shape[0], count)
+    units, valid = _unit_rows(regions)
+    if mode == "contrastive":
+        phrase_rows = np.vstack([phrase_rows, negative_rows])
+    phrase_units, phrase_valid = _unit_rows(phrase_rows)
+    if not phrase_valid.all():
+        return np.zeros(shape), np.full(shape, -np.inf)
+    cosines = units @ phrase_units.T
+    if mode == "cosine":
+        relevance = np.clip(cosines, 0.0, 1.0)
+        margin = cosines.copy()
+    else:
+        # softmax over the pair (phrase, negative_k) = sigmoid(scale * (cos_p - cos_k)).
+        phrase_cos, negative_cos = cosines[:, :count, None], cosines[:, None, count:]
+        gaps = np.clip(scale * (phrase_cos - negative_cos), -500.0, 500.0)
+        relevance = (1.0 / (1.0 + np.exp(-gaps))).min(axis=2)
+        margin = cosines[:, :count] - cosines[:, count:].max(axis=1, keepdims=True)
+    relevance[~valid] = 0.0
+    margin[~valid] = -np.inf
+    return relevance, margin
+
+
+def _query_scores(
+    embeddings: np.ndarray,
+    query: np.ndarray,
+    negatives: np.ndarray | None,
+    mode: str,
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) float32 relevance and (N,) float64 margin of every region to one phrase."""
+    dim = _as_rows("embeddings", embeddings, None).shape[1]
+    query_vector = np.asarray(query, dtype=np.float64)
+    if query_vector.shape != (dim,):
+        raise ValueError(f"query: expected shape ({dim},), got {query_vector.shape}")
+    relevance, margin = _phrase_scores(embeddings, query_vector[None, :], negatives, mode, scale)
+    return relevance[:, 0].astype(np.float32), margin[:, 0]
+
+
 def region_relevance(
     embeddings: np.ndarray,
     query: np.ndarray,
@@ -215,36 +288,43 @@ def region_relevance(
 
     ``negatives`` (K, D) may be None or empty only in ``"cosine"`` mode, which ignores them.
     """
-    check_mode(mode)
-    check_scale(scale)
-    regions = _as_rows("embeddings", embeddings, None)
-    dim = regions.shape[1]
-    query_vector = np.asarray(query, dtype=np.float64)
-    if query_vector.shape != (dim,):
-        raise ValueError(f"query: expected shape ({dim},), got {query_vector.shape}")
-    negative_rows = _as_rows("negatives", negatives, dim)
-    if mode == "contrastive" and negative_rows.shape[0] == 0:
-        raise ValueError(
-            "negatives: contrastive mode needs at least one negative phrase embedding "
-            "(a softmax over the query alone is identically 1); use mode='cosine' otherwise"
-        )
+    return _query_scores(embeddings, query, negatives, mode, scale)[0]
 
-    units, valid = _unit_rows(regions)
-    phrase_rows = (
-        query_vector[None, :] if mode == "cosine" else np.vstack([query_vector, negative_rows])
-    )
-    phrase_units, phrase_valid = _unit_rows(phrase_rows)
-    if not phrase_valid.all():
-        return np.zeros(regions.shape[0], np.float32)
-    cosines = units @ phrase_units.T
-    if mode == "cosine":
-        relevance = np.clip(cosines[:, 0], 0.0, 1.0)
-    else:
-        # softmax over the pair (query, negative_k) = sigmoid(scale * (cos_q - cos_k)).
-        gaps = np.clip(scale * (cosines[:, :1] - cosines[:, 1:]), -500.0, 500.0)
-        relevance = (1.0 / (1.0 + np.exp(-gaps))).min(axis=1)
-    relevance[~valid] = 0.0
-    return relevance.astype(np.float32)
+
+def choose_labels(
+    relevance: np.ndarray, margin: np.ndarray, thresholds: float | Sequence[float] | np.ndarray
+) -> np.ndarray:
+    """The one labelling rule: for N regions and L labels, which label each region takes.
+
+    ``relevance`` and ``margin`` are (N, L): each label's relevance to each region, scored
+    as a query answer is, and the margin behind it (see ``QueryResult.margin``). A region
+    takes the label of highest relevance (ties broken by the higher margin, then the lower
+    index), and none when that relevance is below the label's threshold (``thresholds``:
+    one value, or one per label). Labels do not compete inside one softmax, so a region that
+    clearly is one of two similar labels is not left unlabelled because the other took part
+    of the probability. A region whose winning margin is -inf (no finite embedding to judge)
+    takes none, even at threshold 0. Returns (N,) int64: i + 1 for label i, 0 for none.
+    """
+    scores = np.asarray(relevance, dtype=np.float64)
+    margins = np.asarray(margin, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"relevance: expected shape (N, L), got {scores.shape}")
+    if margins.shape != scores.shape:
+        raise ValueError(f"margin: expected shape {scores.shape}, got {margins.shape}")
+    count = scores.shape[1]
+    values = np.atleast_1d(np.asarray(thresholds, dtype=object)).reshape(-1)
+    limits = np.array([check_threshold(value) for value in values], np.float64)
+    if limits.size == 1:
+        limits = np.repeat(limits, count)
+    if limits.shape != (count,):
+        raise ValueError(f"thresholds: expected one value or {count}, got {values.size}")
+    if scores.shape[0] == 0 or count == 0:
+        return np.zeros(scores.shape[0], np.int64)
+    top = scores == scores.max(axis=1, keepdims=True)
+    winner = np.where(top, margins, -np.inf).argmax(axis=1)
+    rows = np.arange(scores.shape[0])
+    labelled = np.isfinite(margins[rows, winner]) & (scores[rows, winner] >= limits[winner])
+    return np.where(labelled, winner + 1, 0).astype(np.int64)
 
 
 def _lookup(instance_ids: np.ndarray, per_region: np.ndarray, background: object) -> np.ndarray:
@@ -282,7 +362,7 @@ def query_frame(
     """
     threshold = check_threshold(threshold)
     check_max_results(max_results)
-    relevance = region_relevance(
+    relevance, margin = _query_scores(
         frame.embeddings, query_embedding, negative_embeddings, mode, scale
     )
     similarity = similarity_image(frame.instance_ids, relevance)
@@ -301,6 +381,7 @@ def query_frame(
             bbox=tuple(int(v) for v in frame.bboxes[i]),
             area=int(frame.areas[i]),
             label=text,
+            position=frame.positions[i] if frame.positions else None,
         )
         for i in order
     ]
@@ -308,6 +389,7 @@ def query_frame(
         text=text,
         threshold=float(threshold),
         relevance=relevance,
+        margin=margin,
         similarity=similarity,
         mask=mask,
         matches=matches,
@@ -320,38 +402,39 @@ def label_frame(
     label_embeddings: np.ndarray,
     negative_embeddings: np.ndarray | None,
     threshold: float = 0.5,
+    mode: str = "contrastive",
     scale: float = 10.0,
 ) -> LabelResult:
     """Give every region at most one of several labels (the seed's multi-phrase mode).
 
-    Per region: softmax over [labels + negatives] of scale * cosine. The region takes the
-    winning phrase if it is a label (not a negative) and its probability >= threshold.
-    With negatives, a region that looks generic stays unlabelled instead of being forced
-    into the least bad label.
+    Each label's relevance to each region is what a query for that label would answer
+    (against the negatives only, or the cosine in cosine mode); :func:`choose_labels` then
+    gives each region its most relevant label, or none when even that one is below the
+    threshold. So a region that looks generic (closer to "object" or "texture" than to any
+    label) stays unlabelled instead of being forced into the least bad label, and a label
+    is present exactly where a query for it would have matched and no other label matched
+    better.
     """
     check_phrases("labels", labels)
     threshold = check_threshold(threshold)
-    check_scale(scale)
-    regions = _as_rows("embeddings", frame.embeddings, None)
-    dim = regions.shape[1]
-    phrase_rows = _candidates_and_negatives(
-        "label", len(labels), label_embeddings, negative_embeddings, dim
-    )
-    probabilities, valid = _phrase_probabilities(regions, phrase_rows, scale)
-    num_labels = len(labels)
-    relevance = probabilities[:, :num_labels].astype(np.float32)
-    winner = probabilities.argmax(axis=1)
-    best = probabilities[np.arange(len(winner)), winner]
-    labelled = valid & (winner < num_labels) & (best >= threshold)
-    region_labels = np.where(labelled, winner + 1, 0).astype(np.uint16)
+    dim = _as_rows("embeddings", frame.embeddings, None).shape[1]
+    label_rows = _as_rows("label_embeddings", label_embeddings, dim)
+    if label_rows.shape[0] != len(labels):
+        raise ValueError(
+            f"label_embeddings: expected {len(labels)} rows (one per label), "
+            f"got {label_rows.shape[0]}"
+        )
+    scores, margin = _phrase_scores(frame.embeddings, label_rows, negative_embeddings, mode, scale)
+    relevance = scores.astype(np.float32)
+    region_labels = choose_labels(relevance, margin, threshold).astype(np.uint16)
     label_image = _lookup(frame.instance_ids, region_labels, 0)
-    scores = relevance.max(axis=0) if relevance.shape[0] else np.zeros(num_labels, np.float32)
+    best = relevance.max(axis=0) if relevance.shape[0] else np.zeros(len(labels), np.float32)
     return LabelResult(
         labels=list(labels),
         threshold=float(threshold),
         relevance=relevance,
         label_image=label_image,
-        scores=scores.astype(np.float32),
+        scores=best,
     )
 
 

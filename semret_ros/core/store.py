@@ -55,6 +55,18 @@ class FrameStore:
                 return None
             return next(reversed(self._frames.values()))
 
+    def newest(self, count: int) -> list[SemanticFrame]:
+        """Up to ``count`` most recently added frames, newest first (all when fewer are stored).
+
+        One snapshot under the lock, so a query searching recent frames never sees the store
+        half-way through an eviction.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count: expected an integer >= 1, got {count!r}")
+        with self._lock:
+            frames = list(reversed(self._frames.values()))
+        return frames[:count]
+
     def get(self, stamp_ns: int) -> SemanticFrame | None:
         """The stored frame with exactly this stamp, or None if it was never added or evicted."""
         with self._lock:

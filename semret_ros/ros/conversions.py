@@ -10,15 +10,18 @@ the reason, so the node can log it and skip the frame. No torch here.
 from __future__ import annotations
 
 import array
+import math
 import sys
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
+from geometry_msgs.msg import Point, Vector3
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header
 
+from semret_ros.core.depth import CameraIntrinsics, SegmentPosition
 from semret_ros.core.records import Match
 from semret_ros.core.records import SemanticFrame as FrameRecord
 from semret_ros.msg import Segment
@@ -192,12 +195,67 @@ def numpy_to_image(array_in: np.ndarray, encoding: str, header: Header) -> Image
     )
 
 
-def mask_to_image(mask: np.ndarray, header: Header) -> Image:
-    """A mono8 Image of a boolean mask: 255 inside, 0 outside (what RViz shows as white)."""
+def _mask_pixels(mask: np.ndarray) -> np.ndarray:
+    """mono8 pixels of a boolean mask: 255 inside, 0 outside (what RViz shows as white)."""
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
         raise ValueError(f"mask must be a boolean array, got {mask.dtype}")
-    return numpy_to_image(mask.astype(np.uint8) * np.uint8(255), "mono8", header)
+    return mask.astype(np.uint8) * np.uint8(255)
+
+
+def mask_to_image(mask: np.ndarray, header: Header) -> Image:
+    """A mono8 Image of a boolean mask: 255 inside, 0 outside (what RViz shows as white)."""
+    return numpy_to_image(_mask_pixels(mask), "mono8", header)
+
+
+PNG_FORMAT = "png"
+"""CompressedImage.format of the node's PNG images (any PNG reader decodes them)."""
+
+
+def numpy_to_png(array_in: np.ndarray, header: Header) -> CompressedImage:
+    """A CompressedImage (format "png") of an HxW mono8 or HxWx3 RGB uint8 array, lossless."""
+    values = np.asarray(array_in)
+    encoding = "mono8" if values.ndim == 2 else "rgb8"
+    values = _checked_array(values, encoding)
+    ok, buffer = cv2.imencode(".png", values if values.ndim == 2 else values[..., ::-1])
+    if not ok:
+        raise ValueError(f"PNG encoding failed for a {values.shape} array")
+    return CompressedImage(header=copy_header(header), format=PNG_FORMAT, data=buffer.tobytes())
+
+
+def png_to_numpy(msg: CompressedImage) -> np.ndarray:
+    """The pixels of a PNG CompressedImage: HxW for mono8, HxWx3 RGB for colour."""
+    if msg.format != PNG_FORMAT:
+        raise ValueError(f"expected a CompressedImage of format {PNG_FORMAT!r}, got {msg.format!r}")
+    buffer = np.frombuffer(msg.data, np.uint8)
+    pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    if pixels is None:
+        raise ValueError(f"undecodable PNG ({buffer.size} bytes)")
+    return pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[..., 2::-1])
+
+
+def mask_to_png(mask: np.ndarray, header: Header) -> CompressedImage:
+    """A PNG (mono8, 255 inside, 0 outside) of a boolean mask."""
+    return numpy_to_png(_mask_pixels(mask), header)
+
+
+def similarity_to_png(similarity: np.ndarray, header: Header) -> CompressedImage:
+    """A mono8 PNG of a relevance image in [0, 1]: each pixel is round(255 * relevance).
+
+    Decode with :func:`similarity_from_png`; the quantisation error is at most 1/510.
+    """
+    values = np.asarray(similarity, dtype=np.float32)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("similarity contains NaN or infinite values")
+    return numpy_to_png(np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8), header)
+
+
+def similarity_from_png(msg: CompressedImage) -> np.ndarray:
+    """HxW float32 relevance in [0, 1] of a :func:`similarity_to_png` image (value / 255)."""
+    pixels = png_to_numpy(msg)
+    if pixels.ndim != 2 or pixels.dtype != np.uint8:
+        raise ValueError(f"a similarity PNG is mono8, got shape {pixels.shape} {pixels.dtype}")
+    return pixels.astype(np.float32) / np.float32(255.0)
 
 
 def _float32_array(values: np.ndarray, name: str) -> array.array:
@@ -215,22 +273,46 @@ def _roi(bbox: Sequence[int]) -> RegionOfInterest:
     return RegionOfInterest(x_offset=x, y_offset=y, width=width, height=height)
 
 
-def match_to_segment(match: Match) -> Segment:
-    """A Segment message of a ranked match (score = relevance)."""
+def set_position_fields(segment: Segment, position: SegmentPosition | None, frame_id: str) -> None:
+    """Fill a Segment's 3D fields; without a position they stay zero and has_position false."""
+    if position is None:
+        return
+    values = (*position.position, *position.size)
+    if not all(math.isfinite(value) for value in values):
+        raise ValueError(f"segment {segment.id} has a non-finite 3D position or size {values}")
+    segment.has_position = True
+    segment.position = Point(x=values[0], y=values[1], z=values[2])
+    segment.size = Vector3(x=values[3], y=values[4], z=values[5])
+    segment.num_points = int(position.num_points)
+    segment.position_frame_id = frame_id
+
+
+def match_to_segment(match: Match, position_frame_id: str = "") -> Segment:
+    """A Segment message of a ranked match (score = relevance).
+
+    ``position_frame_id``: the depth image's frame, which the match's 3D position is in.
+    """
     if not np.isfinite(match.score):
         raise ValueError(f"match {match.id} has a non-finite score {match.score}")
-    return Segment(
+    segment = Segment(
         id=int(match.id),
         score=float(match.score),
         label=match.label,
         bbox=_roi(match.bbox),
         area=int(match.area),
     )
+    set_position_fields(segment, match.position, position_frame_id)
+    return segment
 
 
-def matches_to_segments(matches: Sequence[Match]) -> list[Segment]:
+def matches_to_segments(matches: Sequence[Match], position_frame_id: str = "") -> list[Segment]:
     """Segment messages of a query's matches, order kept (best first)."""
-    return [match_to_segment(match) for match in matches]
+    return [match_to_segment(match, position_frame_id) for match in matches]
+
+
+def position_frame_id(frame: FrameRecord) -> str:
+    """The frame a processed frame's 3D positions are in: its depth image's; "" without."""
+    return frame.depth.frame_id if frame.depth is not None else ""
 
 
 def semantic_frame_to_msg(
@@ -254,6 +336,9 @@ def semantic_frame_to_msg(
         )
         for index in range(num_regions)
     ]
+    if frame.positions:
+        for segment, position in zip(segments, frame.positions, strict=True):
+            set_position_fields(segment, position, position_frame_id(frame))
     embedding_dim = int(frame.global_embedding.shape[0])
     if frame.embeddings.shape != (num_regions, embedding_dim):
         raise ValueError(
@@ -295,3 +380,20 @@ def rgb_to_image(rgb: np.ndarray, encoding: str, header: Header) -> Image:
         message.encoding = "bgr8"
         return message
     raise ValueError(f"encoding must be one of {', '.join(PLAYER_ENCODINGS)}, got {encoding!r}")
+
+
+def intrinsics_to_camera_info(intrinsics: CameraIntrinsics, header: Header) -> CameraInfo:
+    """The CameraInfo of a rectified pinhole camera (what a depth camera's registered stream
+    announces): K from the intrinsics, plumb_bob with zero distortion, R identity, P = [K | 0],
+    the image size, and a copy of ``header``."""
+    fx, fy, cx, cy = intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
+    return CameraInfo(
+        header=copy_header(header),
+        height=intrinsics.height,
+        width=intrinsics.width,
+        distortion_model="plumb_bob",
+        d=[0.0] * 5,
+        k=list(intrinsics.k),
+        r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+    )

@@ -40,6 +40,11 @@ class HealthReport:
     new_failures: int
     state: str
     models: str
+    depth_paired: int = 0
+    """Processed frames that had a depth image (and so 3D positions)."""
+    depth_missing: dict[str, int] | None = None
+    """Why frames went without 3D (by kind); None when depth is not enabled."""
+    new_depth_missing: int = 0
 
 
 def message_kind(text: str) -> str:
@@ -57,6 +62,10 @@ class HealthMonitor:
         self._dropped = 0
         self._failed = 0
         self._refused: Counter[str] = Counter()
+        self._depth_enabled = False
+        self._depth_paired = 0
+        self._depth_missing: Counter[str] = Counter()
+        self._depth_mark = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._last_error = ""
         self._mark = (time.monotonic(), 0, 0, 0, 0)
@@ -83,6 +92,22 @@ class HealthMonitor:
             self._refused[message_kind(reason)] += 1
             self._last_error = reason
 
+    def enable_depth(self) -> None:
+        """Report the 3D figures from now on (depth.enabled)."""
+        with self._lock:
+            self._depth_enabled = True
+
+    def depth_paired(self) -> None:
+        """A frame was processed with a depth image."""
+        with self._lock:
+            self._depth_paired += 1
+
+    def depth_missing(self, reason: str) -> None:
+        """A frame was processed in 2D only although depth is enabled, and why."""
+        with self._lock:
+            self._depth_missing[message_kind(reason)] += 1
+            self._last_error = reason
+
     def processed(self, latency_s: float) -> None:
         with self._lock:
             self._processed += 1
@@ -103,6 +128,9 @@ class HealthMonitor:
             self._mark = (now, self._received, self._processed, total_refused, self._failed)
             period = max(now - then, 1e-6)
             latencies = list(self._latencies)
+            total_depth_missing = sum(self._depth_missing.values())
+            new_depth_missing = total_depth_missing - self._depth_mark
+            self._depth_mark = total_depth_missing
             return HealthReport(
                 period_s=period,
                 input_rate=(self._received - received) / period,
@@ -119,6 +147,9 @@ class HealthMonitor:
                 new_failures=self._failed - failed,
                 state=state,
                 models=models,
+                depth_paired=self._depth_paired,
+                depth_missing=dict(self._depth_missing) if self._depth_enabled else None,
+                new_depth_missing=new_depth_missing,
             )
 
 
@@ -130,8 +161,9 @@ def diagnostic_status(report: HealthReport, name: str, stale: str) -> Diagnostic
     """The report as one DiagnosticStatus.
 
     Level: ERROR when processing failed in the last period; WARN when frames were refused in
-    it, when the node is active but receives nothing, or when ``stale`` (why the newest
-    processed frame is too old) is set; OK otherwise.
+    it, when the node is active but receives nothing, when ``stale`` (why the newest
+    processed frame is too old) is set, or when depth is enabled and frames went without 3D
+    in it; OK otherwise.
     """
     active = report.state == "active"
     if report.new_failures:
@@ -142,6 +174,8 @@ def diagnostic_status(report: HealthReport, name: str, stale: str) -> Diagnostic
         level, summary = DiagnosticStatus.WARN, "no camera frames arriving"
     elif stale:
         level, summary = DiagnosticStatus.WARN, stale
+    elif report.new_depth_missing:
+        level, summary = DiagnosticStatus.WARN, f"frames without 3D: {report.last_error}"
     else:
         level = DiagnosticStatus.OK
         summary = f"{report.state}, {report.processed_rate:.1f} frames/s processed"
@@ -160,6 +194,12 @@ def diagnostic_status(report: HealthReport, name: str, stale: str) -> Diagnostic
         "models": report.models,
         **{f"refused: {reason}": str(count) for reason, count in report.refused.items()},
     }
+    if report.depth_missing is not None:
+        values["frames with depth"] = str(report.depth_paired)
+        values["frames without depth"] = str(sum(report.depth_missing.values()))
+        values.update(
+            {f"no depth: {reason}": str(count) for reason, count in report.depth_missing.items()}
+        )
     return DiagnosticStatus(
         level=level,
         name=name,

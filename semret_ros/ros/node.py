@@ -40,11 +40,13 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSCompatibility, QoSProfile, qos_check_compatible
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import SetBool
+from visualization_msgs.msg import Marker, MarkerArray
 
 from semret_ros.core import viz
-from semret_ros.core.image import to_rgb
+from semret_ros.core.depth import DepthFrame
+from semret_ros.core.image import check_image_scale, resize, to_rgb
 from semret_ros.core.pipeline import SemanticPipeline, build_pipeline, release_device_memory
 from semret_ros.core.records import Prompt, QueryResult, SemanticFrame
 from semret_ros.core.store import FrameStore
@@ -57,14 +59,19 @@ from semret_ros.ros.conversions import (
     header_to_stamp,
     make_header,
     mask_to_image,
+    mask_to_png,
     matches_to_segments,
     numpy_to_image,
+    position_frame_id,
     semantic_frame_to_msg,
+    similarity_to_png,
 )
 from semret_ros.ros.dds import apply_default_dds_profile
+from semret_ros.ros.depth_input import DepthInput
 from semret_ros.ros.health import HealthMonitor, diagnostic_status, message_kind
 from semret_ros.ros.params import RuntimeSettings
 from semret_ros.ros.qos import DIAGNOSTICS_QOS, OUTPUT_QOS, SERVICE_QOS, camera_qos
+from semret_ros.ros.spatial import answer_markers, marker_namespace, mask_cloud
 from semret_ros.srv import Describe, Label, Query
 
 NODE_NAME = "semret"
@@ -204,6 +211,11 @@ class SemretBehaviour:
         self._throttle = KindThrottle(LOG_THROTTLE_S)
         self._health = HealthMonitor()
         self._warned_publishers: set[bytes] = set()
+        self._depth = DepthInput(self) if values["depth.enabled"] else None
+        if self._depth is not None:
+            self._health.enable_depth()
+        self._marker_counts: dict[str, int] = {}
+        self._marker_lock = threading.Lock()
 
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -216,6 +228,8 @@ class SemretBehaviour:
         )
         self._mask_pub = self.create_publisher(Image, "~/mask", OUTPUT_QOS)
         self._answers_pub = self.create_publisher(QueryAnswer, "~/answers", OUTPUT_QOS)
+        self._markers_pub = self.create_publisher(MarkerArray, "~/markers", OUTPUT_QOS)
+        self._points_pub = self.create_publisher(PointCloud2, "~/points", OUTPUT_QOS)
         self._diagnostics_pub = self.create_publisher(
             DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS
         )
@@ -277,6 +291,8 @@ class SemretBehaviour:
             self._image_qos,
             callback_group=self._image_group,
         )
+        if self._depth is not None:
+            self._depth.subscribe(self._image_qos)
         self._state = "active"
         self.get_logger().info(
             f"ready: subscribed to {self._image_topic} [{self._image_type_name}] with QoS "
@@ -290,6 +306,8 @@ class SemretBehaviour:
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
+        if self._depth is not None:
+            self._depth.unsubscribe()
         if self._slot.clear():
             self._health.dropped()
         self.get_logger().info("inactive: camera unsubscribed, services answer success=false")
@@ -466,17 +484,37 @@ class SemretBehaviour:
                 self._health.refused(reason)
                 self._warn(reason)
                 continue
+            settings = self._settings  # one snapshot for the whole frame
             try:
-                frame = pipeline.process(rgb, stamp_ns, frame_id)
-                outputs = self._frame_outputs(pipeline, frame, self._settings)
+                depth = self._paired_depth(stamp_ns, rgb.shape[1], rgb.shape[0], settings)
+                frame = pipeline.process(
+                    rgb, stamp_ns, frame_id, depth, min_depth_points=settings.depth_min_points
+                )
+                outputs = self._frame_outputs(pipeline, frame, settings)
                 self._store.add(frame)
                 self._last_stored = time.monotonic()
-                self._publish_frame(frame, *outputs)
+                self._publish_frame(frame, settings, *outputs)
                 self._health.processed(time.monotonic() - self._last_start)
             except Exception as error:  # one bad frame must not stop the robot
                 reason = f"processing failed: {type(error).__name__}: {error}"
                 self._health.failed(reason)
                 self._warn(reason)
+
+    def _paired_depth(
+        self, stamp_ns: int, width: int, height: int, settings: RuntimeSettings
+    ) -> DepthFrame | None:
+        """The depth image for this colour frame (depth.enabled), or None and the reason told."""
+        if self._depth is None:
+            return None
+        depth, reason = self._depth.frame_for(
+            stamp_ns, width, height, settings.depth_max_skew, settings.depth_units_per_meter
+        )
+        if depth is None:
+            self._health.depth_missing(reason)
+            self._warn(f"processing a frame in 2D only: {reason}")
+        else:
+            self._health.depth_paired()
+        return depth
 
     def _display_phrase(self, settings: RuntimeSettings) -> str:
         """The one phrase the Image topics show (see the ``display_query`` parameter)."""
@@ -496,7 +534,9 @@ class SemretBehaviour:
         """
         want_segments = _subscribed(self._segments_pub)
         standing: list[QueryResult] = []
-        if settings.standing_queries and (want_segments or _subscribed(self._answers_pub)):
+        if settings.standing_queries and (
+            want_segments or _subscribed(self._answers_pub, self._markers_pub)
+        ):
             standing = [
                 pipeline.query(frame, phrase, config=settings.query)
                 for phrase in settings.standing_queries
@@ -510,7 +550,7 @@ class SemretBehaviour:
         display = None
         phrase = self._display_phrase(settings)
         if phrase and _subscribed(
-            self._similarity_pub, self._mask_pub, self._similarity_overlay_pub
+            self._similarity_pub, self._mask_pub, self._similarity_overlay_pub, self._points_pub
         ):
             display = next((r for r in standing if r.text == phrase), None) or pipeline.query(
                 frame, phrase, config=settings.query
@@ -520,6 +560,7 @@ class SemretBehaviour:
     def _publish_frame(
         self,
         frame: SemanticFrame,
+        settings: RuntimeSettings,
         segments: SemanticFrameMsg | None,
         standing: list[QueryResult],
         display: QueryResult | None,
@@ -530,9 +571,10 @@ class SemretBehaviour:
         if _subscribed(self._segments_overlay_pub):
             overlay = viz.instance_overlay(frame.image, frame.instance_ids)
             self._segments_overlay_pub.publish(numpy_to_image(overlay, "rgb8", header))
-        images: dict[str, tuple[Image, Image]] = {}
+        images: dict[str, tuple[Image, Image] | None] = {}
         for result in standing:
             images[result.text] = self._publish_answer(frame, result, "standing")
+            self._publish_markers(frame, result, "standing", settings.markers_lifetime)
         if display is not None:
             self._publish_display(frame, display, images.get(display.text))
 
@@ -548,21 +590,26 @@ class SemretBehaviour:
         result: QueryResult,
         source: str,
         images: tuple[Image, Image] | None = None,
-    ) -> tuple[Image, Image]:
-        """One answer, with its phrase, on ~/answers; returns its images for reuse."""
+    ) -> tuple[Image, Image] | None:
+        """One answer, with its phrase and full-size images, on ~/answers when subscribed.
+
+        Returns the image messages (``images`` or those built here) for reuse, None when
+        there were none and nobody subscribed (so nothing was converted).
+        """
+        if not _subscribed(self._answers_pub):
+            return images
         images = images or self._answer_images(frame, result)
-        if _subscribed(self._answers_pub):
-            self._answers_pub.publish(
-                QueryAnswer(
-                    header=make_header(frame.stamp_ns, frame.frame_id),
-                    text=result.text,
-                    source=source,
-                    threshold=result.threshold,
-                    matches=matches_to_segments(result.matches),
-                    similarity=images[0],
-                    mask=images[1],
-                )
+        self._answers_pub.publish(
+            QueryAnswer(
+                header=make_header(frame.stamp_ns, frame.frame_id),
+                text=result.text,
+                source=source,
+                threshold=result.threshold,
+                matches=matches_to_segments(result.matches, position_frame_id(frame)),
+                similarity=images[0],
+                mask=images[1],
             )
+        )
         return images
 
     def _publish_display(
@@ -586,6 +633,33 @@ class SemretBehaviour:
                 drawn = viz.heatmap_overlay(frame.image, result.similarity)
                 overlay = numpy_to_image(drawn, "rgb8", make_header(frame.stamp_ns, frame.frame_id))
             self._similarity_overlay_pub.publish(overlay)
+        if frame.depth is not None and _subscribed(self._points_pub):
+            header = make_header(frame.stamp_ns, frame.depth.frame_id)
+            self._points_pub.publish(
+                mask_cloud(header, result.mask, frame.depth, frame.image, result.similarity)
+            )
+
+    def _publish_markers(
+        self, frame: SemanticFrame, result: QueryResult, source: str, lifetime_s: float
+    ) -> None:
+        """Boxes and labels of an answer's positioned matches on ~/markers, when subscribed.
+
+        Each phrase of each source has its own namespace; markers of its previous answer
+        that this one does not overwrite are deleted. A frame without depth publishes
+        nothing: the last boxes fade out after their lifetime.
+        """
+        if frame.depth is None or not _subscribed(self._markers_pub):
+            return
+        namespace = marker_namespace(source, result.text)
+        header = make_header(frame.stamp_ns, frame.depth.frame_id)
+        with self._marker_lock:
+            previous = self._marker_counts.get(namespace, 0)
+            markers = answer_markers(
+                header, namespace, result.text, result.matches, lifetime_s, previous
+            )
+            self._marker_counts[namespace] = sum(m.action == Marker.ADD for m in markers)
+        if markers:
+            self._markers_pub.publish(MarkerArray(markers=markers))
 
     # ------------------------------------------------------------------ services
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> Any:
@@ -654,33 +728,34 @@ class SemretBehaviour:
 
     def _on_query(self, request: Query.Request, response: Query.Response) -> Any:
         def answer(
-            pipeline: SemanticPipeline, frame: SemanticFrame, settings: RuntimeSettings
+            pipeline: SemanticPipeline, newest: SemanticFrame, settings: RuntimeSettings
         ) -> None:
-            result = pipeline.query(
-                frame,
+            scale = check_image_scale(request.image_scale)
+            wanted = int(request.search_frames)
+            # The store is empty here only if a cleanup emptied it since ``newest`` was read.
+            frames = (self._store.newest(wanted) if wanted > 1 else []) or [newest]
+            index, result = pipeline.query_recent(
+                frames,
                 request.text,
                 negatives=list(request.negatives) or None,
                 threshold=self._threshold(request.threshold),
                 max_results=int(request.max_results) or None,
                 config=settings.query,
             )
-            response.similarity = numpy_to_image(result.similarity, "32FC1", response.header)
-            response.mask = mask_to_image(result.mask, response.header)
-            response.matches = matches_to_segments(result.matches)
+            frame = frames[index]
+            response.header = make_header(frame.stamp_ns, frame.frame_id)
+            response.matches = matches_to_segments(result.matches, position_frame_id(frame))
             response.threshold_used = result.threshold
+            response.frames_searched = len(frames)
             response.message = f"{len(result.matches)} match(es) for {request.text!r}"
-            overlay = None
-            if request.want_overlay:
-                overlay = numpy_to_image(
-                    viz.heatmap_overlay(frame.image, result.similarity), "rgb8", response.header
-                )
-                response.overlay = overlay
-            images = self._publish_answer(
-                frame, result, "service", (response.similarity, response.mask)
-            )
+            if wanted > 1:
+                response.message += _search_note(wanted, len(frames), index)
+            full = _fill_query_images(request, response, frame, result, scale)
+            images = self._publish_answer(frame, result, "service", full[0])
+            self._publish_markers(frame, result, "service", settings.markers_lifetime)
             self._latest_query = result.text
             if self._display_phrase(settings) == result.text:
-                self._publish_display(frame, result, images, overlay)
+                self._publish_display(frame, result, images, full[1])
 
         return self._answer(response, answer)
 
@@ -715,6 +790,56 @@ class SemretBehaviour:
             response.message = f"best: {result.labels[0]!r}" if result.labels else "no labels"
 
         return self._answer(response, answer)
+
+
+def _search_note(wanted: int, stored: int, index: int) -> str:
+    """What a search over recent frames did, for the response message."""
+    searched = (
+        f"searched all {stored} stored frame(s) (search_frames {wanted} > {stored} stored)"
+        if wanted > stored
+        else f"searched the newest {stored} frames"
+    )
+    where = "the newest frame" if index == 0 else f"{index} frame(s) before the newest"
+    return f"; {searched}, best in {where}"
+
+
+def _fill_query_images(
+    request: Query.Request,
+    response: Query.Response,
+    frame: SemanticFrame,
+    result: QueryResult,
+    scale: float,
+) -> tuple[tuple[Image, Image] | None, Image | None]:
+    """Put the images the request asked for into the response, at its scale and encoding.
+
+    Returns the messages the node can reuse for ~/answers and the display topics, which carry
+    full-size raw images: (similarity, mask) and the overlay, each None unless the response
+    holds it in that form.
+    """
+    header = response.header
+    similarity = resize(result.similarity, scale)
+    mask = resize(result.mask, scale)
+    if request.want_similarity:
+        if request.compress_images:
+            response.similarity_png = similarity_to_png(similarity, header)
+        else:
+            response.similarity = numpy_to_image(similarity, "32FC1", header)
+    if request.want_mask:
+        if request.compress_images:
+            response.mask_png = mask_to_png(mask, header)
+        else:
+            response.mask = mask_to_image(mask, header)
+    if request.want_overlay:
+        camera = resize(frame.image, scale, "area")
+        drawn = viz.heatmap_overlay(camera, similarity)
+        response.overlay = numpy_to_image(drawn, "rgb8", header)
+    if scale != 1.0:
+        return None, None
+    raw = request.want_similarity and request.want_mask and not request.compress_images
+    return (
+        (response.similarity, response.mask) if raw else None,
+        response.overlay if request.want_overlay else None,
+    )
 
 
 def _prompt(request: Describe.Request) -> Prompt:

@@ -26,8 +26,9 @@ from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from semret_ros.core.depth import DEFAULT_UNITS_PER_METER
 from semret_ros.core.embedder import ClipConfig
-from semret_ros.core.pipeline import PipelineConfig
+from semret_ros.core.pipeline import DEFAULT_MIN_DEPTH_POINTS, PipelineConfig
 from semret_ros.core.refine import RefineConfig
 from semret_ros.core.scoring import QueryConfig, check_phrases
 from semret_ros.core.segmenters import Sam2Config, SuperpixelConfig
@@ -120,6 +121,48 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         read_only=False,
     ),
     _spec("device", "cpu", "Torch device of the models (cpu, cuda, cuda:1) unless set per model."),
+    # ------------------------------------------------------------------ depth
+    _spec(
+        "depth.enabled",
+        False,
+        "Subscribe depth/image (registered to the colour image) and depth/camera_info, and give "
+        "segments and matches 3D positions. Off: 2D only.",
+    ),
+    _spec(
+        "depth.units_per_meter",
+        DEFAULT_UNITS_PER_METER,
+        "Units of a 16UC1 depth image per metre (1000: millimetres, RealSense and most "
+        "drivers). 32FC1 depth is always metres.",
+        read_only=False,
+        low=0.001,
+        high=1000000.0,
+    ),
+    _spec(
+        "depth.max_skew",
+        0.02,
+        "Largest stamp difference (s) between a colour frame and the depth image paired with "
+        "it; a colour frame with no depth this close is processed in 2D only.",
+        read_only=False,
+        low=0.0,
+        high=10.0,
+    ),
+    _spec(
+        "depth.min_points",
+        DEFAULT_MIN_DEPTH_POINTS,
+        "Valid depth pixels (after the outlier cut) a segment needs for a 3D position.",
+        read_only=False,
+        low=1,
+        high=10000000,
+    ),
+    _spec(
+        "markers.lifetime",
+        2.0,
+        "Seconds a ~/markers box and label stay in RViz unless the same phrase is answered "
+        "again (standing queries refresh theirs every frame).",
+        read_only=False,
+        low=0.1,
+        high=3600.0,
+    ),
     # -------------------------------------------------------------- segmenter
     _spec(
         "segmenter.type",
@@ -570,6 +613,10 @@ class RuntimeSettings:
     vocabulary: tuple[str, ...]
     refine: RefineConfig
     query: QueryConfig
+    depth_units_per_meter: float
+    depth_max_skew: float
+    depth_min_points: int
+    markers_lifetime: float
 
 
 def runtime_settings(values: Mapping[str, ParamValue]) -> RuntimeSettings:
@@ -599,4 +646,8 @@ def runtime_settings(values: Mapping[str, ParamValue]) -> RuntimeSettings:
             max_results=int(values["query.max_results"]),
             contrast_scale=float(values["query.contrast_scale"]),
         ),
+        depth_units_per_meter=float(values["depth.units_per_meter"]),
+        depth_max_skew=float(values["depth.max_skew"]),
+        depth_min_points=int(values["depth.min_points"]),
+        markers_lifetime=float(values["markers.lifetime"]),
     )

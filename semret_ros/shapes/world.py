@@ -16,6 +16,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from semret_ros.core.depth import CameraIntrinsics
 from semret_ros.core.records import BBox, bbox_of_mask
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -88,6 +89,52 @@ SHAPE_TEMPLATES: tuple[str, ...] = (
     "a picture of the {shape}",
 )
 
+VARIED_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "full": (
+        "a {shape} in {color}",
+        "a {color}-colored {shape}",
+        "something {color} shaped like a {shape}",
+        "this is a {color} {shape}",
+        "a {shape} which is {color}",
+        "a {shape}, {color}",
+        "a {color} shape, a {shape}",
+        "a {shape} painted {color}",
+    ),
+    "color": (
+        "something colored {color}",
+        "a {color} shape",
+        "the {color} one",
+        "{color} colored",
+        "something painted {color}",
+        "anything {color}",
+    ),
+    "shape": (
+        "a figure shaped like a {shape}",
+        "a {shape}-shaped figure",
+        "something shaped like a {shape}",
+        "the {shape} shape",
+        "a {shape} of any color",
+        "{shape_words}",
+    ),
+}
+"""More wordings of each caption kind (training recipe 2): colour and shape named apart, in
+either order, in other sentence forms, so neither word is learnt as half of a fixed pair.
+None says "object" or "thing": those are the node's generic query negatives, and a caption
+that pairs them with one object pulls them towards every object (recipe 2 pairs them with
+background regions instead, :data:`GENERIC_TEMPLATES`)."""
+
+SHAPE_WORDS: dict[str, tuple[str, ...]] = {
+    "circle": ("a round shape", "a round figure"),
+    "square": ("a shape with four equal sides", "a four-cornered box shape"),
+    "triangle": ("a three-cornered shape", "a shape with three corners"),
+    "star": ("a pointed star shape", "a shape with five points"),
+    "ring": ("a hollow circle", "a round loop"),
+    "cross": ("a cross shape", "two crossing bars"),
+    "diamond": ("a diamond shape", "a narrow upright diamond"),
+    "hexagon": ("a shape with six corners", "a hexagonal shape"),
+}
+"""Descriptions of each shape without its name (``{shape_words}`` in a template)."""
+
 BACKGROUND_TEMPLATES: tuple[str, ...] = (
     "background",
     "the background",
@@ -103,9 +150,18 @@ object (floor patches, thin ribbons along object edges); a model that never saw 
 tell a query's object from them, and contrastive negatives such as "stuff" and "texture" mean
 nothing to it."""
 
+GENERIC_TEMPLATES: tuple[str, ...] = (*BACKGROUND_TEMPLATES, "things", "some things", "object")
+"""Background captions of recipe 2: also the generic words the node's query negatives use
+("object", "things", "stuff", "texture"), so they describe what is no particular object and
+a named object's region beats them."""
+
 CaptionKind = Literal["full", "color", "shape"]
 ComboSet = Literal["seen", "held_out", "all"]
 _BACKGROUNDS = ("noise", "stripes", "checkers", "gradient")
+_VARIED_BACKGROUNDS = (*_BACKGROUNDS, "smooth", "bands", "lit")
+"""Background families of randomized training scenes: the classic four plus low-frequency
+ones (smooth blotches, wide soft bands, a lit wall), since real and other renderers'
+backgrounds are rarely as busy as noise or checkers."""
 
 
 @dataclass(frozen=True)
@@ -182,10 +238,15 @@ def random_caption_kind(
 
 
 def random_caption(
-    rng: np.random.Generator, color: str | None, shape: str, kind: CaptionKind | None = None
+    rng: np.random.Generator,
+    color: str | None,
+    shape: str,
+    kind: CaptionKind | None = None,
+    varied: bool = False,
 ) -> tuple[str, CaptionKind]:
     """A caption for an object of ``kind`` (drawn if None); ``color`` None (an off-palette
-    object) allows only shape-only captions."""
+    object) allows only shape-only captions. ``varied`` (recipe 2) draws half of the
+    captions from :data:`VARIED_TEMPLATES` instead."""
     if kind is None:
         kind = random_caption_kind(rng)
     if color is None and kind != "shape":
@@ -193,7 +254,13 @@ def random_caption(
     # Prompt ensembles usually end in a full stop ("a photo of a {}."); so do some captions.
     stop = "." if rng.random() < 0.3 else ""
     templates = {"color": COLOR_TEMPLATES, "shape": SHAPE_TEMPLATES, "full": FULL_TEMPLATES}[kind]
-    text = caption(color, shape, templates[rng.integers(len(templates))])
+    if varied and rng.random() < 0.5:
+        templates = VARIED_TEMPLATES[kind]
+    template = templates[rng.integers(len(templates))]
+    if "{shape_words}" in template:
+        words = SHAPE_WORDS[shape]
+        template = template.replace("{shape_words}", words[rng.integers(len(words))])
+    text = caption(color, shape, template)
     return text + stop, kind
 
 
@@ -272,11 +339,19 @@ def _muted_color(rng: np.random.Generator, spread: float) -> np.ndarray:
     return rng.uniform(70, 185) + rng.uniform(-spread, spread, 3)
 
 
-def draw_background(rng: np.random.Generator, height: int, width: int, hard: bool) -> np.ndarray:
-    """HxWx3 float32 background: noise, stripes, checkers or a gradient in muted colours."""
+def draw_background(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    hard: bool,
+    families: tuple[str, ...] = _BACKGROUNDS,
+) -> np.ndarray:
+    """HxWx3 float32 background in muted colours, of one of ``families``: noise, stripes,
+    checkers, gradient (the default four), smooth, bands or lit (see
+    :data:`_VARIED_BACKGROUNDS`)."""
     spread = 50.0 if hard else 25.0
     a, b = _muted_color(rng, spread), _muted_color(rng, spread)
-    kind = _BACKGROUNDS[rng.integers(len(_BACKGROUNDS))]
+    kind = families[rng.integers(len(families))]
     yy = np.arange(height, dtype=np.float32)[:, None]
     xx = np.arange(width, dtype=np.float32)[None, :]
     if kind == "noise":
@@ -288,6 +363,19 @@ def draw_background(rng: np.random.Generator, height: int, width: int, hard: boo
     elif kind == "checkers":
         cell = int(rng.integers(6, 40))
         t = ((xx // cell + yy // cell) % 2).astype(np.float32)
+    elif kind == "smooth":
+        cell = int(rng.integers(max(height, width) // 4 + 1, max(height, width) + 2))
+        t = 0.5 + 0.5 * _smooth_noise(rng, height, width, cell)
+    elif kind == "bands":
+        theta = rng.uniform(0, np.pi)
+        period = rng.uniform(0.3, 1.2) * max(height, width)
+        phase = (xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period
+        t = 0.5 + 0.5 * np.sin(phase + rng.uniform(0, 2 * np.pi))
+    elif kind == "lit":
+        # A wall lit by a lamp: bright around a point, falling off smoothly.
+        lx, ly = rng.uniform(-0.2, 1.2) * width, rng.uniform(-0.2, 1.2) * height
+        reach = rng.uniform(0.4, 1.2) * max(height, width)
+        t = np.exp(-((xx - lx) ** 2 + (yy - ly) ** 2) / (2 * reach**2))
     else:
         theta = rng.uniform(0, 2 * np.pi)
         proj = xx * np.cos(theta) + yy * np.sin(theta)
@@ -299,9 +387,16 @@ def draw_background(rng: np.random.Generator, height: int, width: int, hard: boo
 
 
 def _paint_object(
-    rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, rgb: np.ndarray, hard: bool
+    rng: np.random.Generator,
+    img: np.ndarray,
+    mask: np.ndarray,
+    rgb: np.ndarray,
+    hard: bool,
+    varied: bool = False,
 ) -> None:
-    """Paint base colour ``rgb`` under ``mask``, shaded/textured and contrast-reduced if hard."""
+    """Paint base colour ``rgb`` under ``mask``, shaded/textured and contrast-reduced if hard;
+    ``varied`` adds a spot light and one fine texture (grain, stripes or dots) of random
+    strength, all multiplicative so the hue, which the colour name describes, stays."""
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     h, w = y1 - y0, x1 - x0
@@ -323,9 +418,36 @@ def _paint_object(
         under = img[y0:y1, x0:x1].mean(axis=(0, 1))
         alpha = rng.uniform(0.0, 0.3)
         patch = (1 - alpha) * patch + alpha * under
+    if varied:
+        patch = patch * _light_and_texture(rng, h, w)[..., None]
     patch = patch + rng.normal(0.0, 3.0 if not hard else 6.0, (h, w, 1)).astype(np.float32)
     local = mask[y0:y1, x0:x1]
     img[y0:y1, x0:x1][local] = patch[local]
+
+
+def _light_and_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """HxW float32 gain around 1: a soft spot light plus one fine surface texture."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    lx, ly = rng.uniform(0, w), rng.uniform(0, h)
+    reach = rng.uniform(0.3, 1.0) * max(h, w)
+    spot = np.exp(-((xx - lx) ** 2 + (yy - ly) ** 2) / (2 * reach**2))
+    gain = 1.0 + rng.uniform(-0.15, 0.3) * (spot - spot.mean())
+    kind = int(rng.integers(4))
+    strength = rng.uniform(0.03, 0.12)
+    if kind == 1:
+        grain = rng.normal(0.0, 1.0, (h, w)).astype(np.float32)
+        grain = cv2.GaussianBlur(grain, (0, 0), rng.uniform(0.5, 1.5))
+        gain = gain + strength * grain / max(float(grain.std()), 1e-6)
+    elif kind == 2:
+        theta, period = rng.uniform(0, np.pi), rng.uniform(3.0, 9.0)
+        gain = gain + strength * np.sin(
+            (xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period
+        )
+    elif kind == 3:
+        period = rng.uniform(4.0, 10.0)
+        dots = np.sin(xx * 2 * np.pi / period) * np.sin(yy * 2 * np.pi / period)
+        gain = gain + strength * (dots > 0.5)
+    return gain.astype(np.float32)
 
 
 def _pick_combos(
@@ -431,10 +553,26 @@ def generate_scene(
 # Crops
 
 
-def perturb_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+def shift_mask(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``mask`` moved by (dy, dx) pixels; what leaves the image is gone, what enters is empty
+    (``np.roll`` would wrap a region leaving one edge around to the opposite edge)."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape[:2]
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def perturb_mask(rng: np.random.Generator, mask: np.ndarray, wrap: bool = False) -> np.ndarray:
     """Make a ground-truth mask look like a segmenter's: eroded, dilated, shifted, fragmented
     or bleeding into the neighbourhood. Superpixels and SAM2 masks are never exact, and a model
-    trained only on exact masks would key on the mask outline."""
+    trained only on exact masks would key on the mask outline.
+
+    ``wrap`` shifts with ``np.roll`` (a mask near an edge reappears at the opposite edge), as
+    training recipe 1 did; it is kept only so that recipe reproduces its model bit for bit."""
     out = mask.astype(np.uint8)
     size = max(int(np.sqrt(mask.sum())), 1)
     u = rng.random()
@@ -449,7 +587,7 @@ def perturb_mask(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
         out = cv2.dilate(out, np.ones((k, k), np.uint8))
     elif u < 0.72:
         dx, dy = (rng.uniform(-0.1, 0.1, 2) * size).round().astype(int)
-        shifted = np.roll(out, (dy, dx), axis=(0, 1))
+        shifted = np.roll(out, (dy, dx), axis=(0, 1)) if wrap else shift_mask(out, dy, dx)
         out = shifted if shifted.any() else out
     elif u < 0.86:
         # A fragment: the part of the mask on one side of a random line (a superpixel that
@@ -481,40 +619,64 @@ def sample_crop(
     perturb: bool = True,
     padding: tuple[float, float] = (0.05, 0.2),
     off_palette: bool = False,
+    combo: tuple[str, str] | None = None,
+    randomize: bool = False,
 ) -> CropSample:
     """One object crop cut out of a freshly generated scene, exactly as the embedder cuts it.
 
-    The target is drawn from ``which`` (painted in an :func:`off_palette_rgb` colour if
-    ``off_palette``, the crop's ``color`` then None); its neighbours, which may occlude it or
-    leak into a perturbed mask, are always seen combos (held-out pairs never appear in
-    training samples).
+    The target is ``combo``, or drawn from ``which`` (painted in an :func:`off_palette_rgb`
+    colour if ``off_palette``, the crop's ``color`` then None); its neighbours, which may
+    occlude it or leak into a perturbed mask, are always seen combos (held-out pairs never
+    appear in training samples). ``randomize`` (training recipe 2) varies what a camera and a
+    renderer vary: see :func:`_scene_with_target` and :func:`simulate_camera`; it also shifts
+    perturbed masks without wrapping them around the image.
     """
     # Imported here: the core is ROS-free and imports nothing from this module, but keeping
     # the dependency local avoids import cycles for tools that only draw scenes.
     from semret_ros.core.visual_prompt import crop_region
 
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    targets = combos(which)
-    color, shape = targets[int(rng.integers(len(targets)))]
+    if combo is None:
+        targets = combos(which)
+        color, shape = targets[int(rng.integers(len(targets)))]
+    else:
+        color, shape = combo
     hard = bool(rng.random() < hard_prob)
     scene_seed = int(rng.integers(2**62))
     n_others = int(rng.integers(1, 4))
     # The target goes in first (drawn at the bottom), so neighbours may occlude it.
     rgb = off_palette_rgb(rng) if off_palette else np.array(COLORS[color], np.float32)
-    scene = _scene_with_target(scene_seed, scene_size, color, shape, rgb, n_others, hard)
+    if randomize:
+        scene_size = int(scene_size * rng.uniform(0.7, 1.4))
+    scene = _scene_with_target(scene_seed, scene_size, color, shape, rgb, n_others, hard, randomize)
+    image = simulate_camera(rng, scene.image) if randomize else scene.image
     target = scene.objects[0]
-    mask = perturb_mask(rng, target.mask) if perturb else target.mask
+    mask = perturb_mask(rng, target.mask, wrap=not randomize) if perturb else target.mask
     pad = float(rng.uniform(*padding))
-    crop = crop_region(scene.image, mask, mode="masked_crop", padding=pad)
+    crop = crop_region(image, mask, mode="masked_crop", padding=pad)
     return CropSample(crop=crop, color=None if off_palette else color, shape=shape)
 
 
 def _scene_with_target(
-    seed: int, size: int, color: str, shape: str, rgb: np.ndarray, n_others: int, hard: bool
+    seed: int,
+    size: int,
+    color: str,
+    shape: str,
+    rgb: np.ndarray,
+    n_others: int,
+    hard: bool,
+    randomize: bool = False,
 ) -> Scene:
     """A small scene whose first (bottom) object is (color, shape); the others are seen combos
-    with other colours and shapes, drawn on top so they may occlude the target."""
+    with other colours and shapes, drawn on top so they may occlude the target.
+
+    ``randomize``: drawn 1-2x larger and shrunk by area averaging (anti-aliased edges of
+    random softness), objects of a wider size range, lit and finely textured
+    (:func:`_light_and_texture`), and backgrounds from :data:`_VARIED_BACKGROUNDS`.
+    """
     rng = np.random.default_rng(seed)
+    factor = int(rng.integers(1, 3)) if randomize else 1
+    canvas = size * factor
     others = [c for c in SEEN_COMBOS if c[0] != color and c[1] != shape]
     pairs = [(color, shape)]
     for k in rng.permutation(len(others)):
@@ -522,18 +684,18 @@ def _scene_with_target(
             break
         if all(others[k][0] != p[0] and others[k][1] != p[1] for p in pairs):
             pairs.append(others[k])
-    r_lo, r_hi = (0.16, 0.3) if hard else (0.18, 0.32)
+    r_lo, r_hi = (0.12, 0.34) if randomize else (0.16, 0.3) if hard else (0.18, 0.32)
     placed: list[tuple[float, float, float]] = []
     kept: list[tuple[str, str]] = []
     masks: list[np.ndarray] = []
-    cover = np.zeros((size, size), bool)
+    cover = np.zeros((canvas, canvas), bool)
     for pair in pairs:
-        r = float(rng.uniform(r_lo, r_hi) * size)
-        cx, cy = (float(v) for v in rng.uniform(r, size - r, 2))
+        r = float(rng.uniform(r_lo, r_hi) * canvas)
+        cx, cy = (float(v) for v in rng.uniform(r, canvas - r, 2))
         if not all(np.hypot(cx - px, cy - py) > 0.6 * (r + pr) for px, py, pr in placed):
             continue
         rot = _MAX_ROTATION.get(pair[1], 180.0)
-        m = draw_shape_mask(pair[1], size, size, (cx, cy), r, rng.uniform(-rot, rot))
+        m = draw_shape_mask(pair[1], canvas, canvas, (cx, cy), r, rng.uniform(-rot, rot))
         # Neighbours may occlude the target, but never more than half of it.
         if masks and (masks[0] & ~(cover | m)).sum() < 0.5 * masks[0].sum():
             continue
@@ -542,15 +704,27 @@ def _scene_with_target(
         placed.append((cx, cy, r))
         kept.append(pair)
         masks.append(m)
-    img = draw_background(rng, size, size, hard)
+    families = _VARIED_BACKGROUNDS if randomize else _BACKGROUNDS
+    # Drawn at the output size: the background has no edges worth anti-aliasing.
+    img = draw_background(rng, size, size, hard, families)
+    if factor > 1:
+        img = cv2.resize(img, (canvas, canvas), interpolation=cv2.INTER_LINEAR)
     for k, ((c, _s), m) in enumerate(zip(kept, masks, strict=True)):
-        _paint_object(rng, img, m, rgb if k == 0 else np.array(COLORS[c], np.float32), hard)
-    above = np.zeros((size, size), bool)
+        paint = rgb if k == 0 else np.array(COLORS[c], np.float32)
+        _paint_object(rng, img, m, paint, hard, varied=randomize)
+    above = np.zeros((canvas, canvas), bool)
     visible: list[np.ndarray] = []
     for m in reversed(masks):
         visible.append(m & ~above)
         above |= m
     visible.reverse()
+    if factor > 1:
+        # Area averaging: each pixel mixes what covers it, as a real lens and sensor do.
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        visible = [
+            cv2.resize(v.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) > 0.5
+            for v in visible
+        ]
     image = np.ascontiguousarray(img.clip(0, 255).astype(np.uint8))
     objects = tuple(
         SceneObject(color=c, shape=s, mask=v, bbox=bbox_of_mask(v))
@@ -560,17 +734,44 @@ def _scene_with_target(
     return Scene(image=image, objects=objects, seed=seed, hard=hard)
 
 
+def simulate_camera(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """What a camera does to a rendered ``image`` (HxWx3 uint8): exposure, gamma and a mild
+    white balance, lens blur, sensor noise and JPEG compression, each of random strength.
+
+    The changes keep every colour name true: gains stay within 12 % and shift all channels
+    nearly alike, so an orange object never turns red or yellow.
+    """
+    img = image.astype(np.float32) / 255.0
+    gamma = rng.uniform(0.8, 1.25)
+    gain = rng.uniform(0.88, 1.12) * (1.0 + rng.uniform(-0.04, 0.04, 3))
+    img = np.clip(img, 0.0, 1.0) ** gamma * gain.astype(np.float32)
+    if rng.random() < 0.6:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.6))
+    if rng.random() < 0.7:
+        sigma = rng.uniform(0.005, 0.035)
+        shared = rng.normal(0.0, sigma, (*img.shape[:2], 1))
+        img = img + (shared + rng.normal(0.0, sigma / 2, img.shape)).astype(np.float32)
+    out = np.ascontiguousarray((img.clip(0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    if rng.random() < 0.5:
+        quality = int(rng.integers(25, 96))
+        _ok, data = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        out = np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
+    return out
+
+
 def sample_background_crop(
     seed: int | np.random.Generator | tuple[int, ...],
     scene_size: int = 160,
     hard_prob: float = 0.5,
     padding: tuple[float, float] = (0.05, 0.2),
+    randomize: bool = False,
 ) -> np.ndarray:
     """A crop of a region that is no object, cut as the embedder cuts regions.
 
     Half are ribbons along an object's outline (the thin superpixels felzenszwalb leaves at
     blurred edges, whose masked crops look like outlines of shapes), half are background
-    patches between objects. Scenes use seen combos only.
+    patches between objects. Scenes use seen combos only. ``randomize`` as in
+    :func:`sample_crop`.
     """
     from semret_ros.core.visual_prompt import crop_region
 
@@ -585,6 +786,7 @@ def sample_background_crop(
         np.array(COLORS[color], np.float32),
         int(rng.integers(1, 4)),
         hard,
+        randomize,
     )
     covered = np.zeros((scene_size, scene_size), bool)
     for obj in scene.objects:
@@ -611,7 +813,8 @@ def sample_background_crop(
         if not mask.any():
             mask = free
     pad = float(rng.uniform(*padding))
-    return crop_region(scene.image, mask, mode="masked_crop", padding=pad)
+    image = simulate_camera(rng, scene.image) if randomize else scene.image
+    return crop_region(image, mask, mode="masked_crop", padding=pad)
 
 
 KINDS: tuple[str, ...] = ("full", "color", "shape")
@@ -627,3 +830,230 @@ of a {}."), so these are bare names; "red object" reads as the training captions
 
 def query_phrase(kind: str, obj: SceneObject) -> str:
     return QUERY_PHRASES[kind].format(color=obj.color, shape=obj.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth
+
+SHAPES_HFOV_DEG = 60.0
+"""Horizontal field of view of the shapes world's camera (square pixels), like a robot's
+RGB-D camera (RealSense D435 colour 69 deg, Kinect v1 57 deg)."""
+
+OBJECT_DEPTH_RANGE_M = (0.8, 3.0)
+"""Objects stand this far from the camera; ones drawn later (on top) are nearer."""
+
+WALL_DEPTH_RANGE_M = (3.5, 5.0)
+"""The background is a wall this far away along the optical axis, tilted, never nearer than
+the farthest object anywhere in the image."""
+
+
+@dataclass(frozen=True)
+class DepthScene:
+    """A registered depth image of a :class:`Scene`, as an RGB-D camera would measure it."""
+
+    depth_m: np.ndarray
+    """HxW float32 metres with sensor noise and millimetre steps; NaN where the sensor has no
+    reading (random dropouts, blobs, object edges)."""
+    true_depth_m: np.ndarray
+    """HxW float32 metres without noise or holes."""
+    intrinsics: CameraIntrinsics
+    centroids: np.ndarray
+    """(num_objects, 3) float64: per object of the scene (same order), the mean of its visible
+    mask's pixels back-projected at their true depth, in the optical frame (x right, y down,
+    z forward)."""
+
+
+def shapes_intrinsics(width: int, height: int) -> CameraIntrinsics:
+    """The shapes world's pinhole camera for a ``width`` x ``height`` image (centred principal
+    point, square pixels, :data:`SHAPES_HFOV_DEG` across)."""
+    focal = width / (2.0 * np.tan(np.deg2rad(SHAPES_HFOV_DEG) / 2.0))
+    return CameraIntrinsics(
+        fx=focal, fy=focal, cx=(width - 1) / 2.0, cy=(height - 1) / 2.0, width=width, height=height
+    )
+
+
+def _plane_depth(
+    rays_x: np.ndarray,
+    rays_y: np.ndarray,
+    depth: float,
+    through: tuple[float, float],
+    tilt: tuple[float, float],
+) -> np.ndarray:
+    """Depth along each pixel's ray (normalised image coordinates) of the plane with normal
+    (tilt_x, tilt_y, 1) through the point at ``depth`` on the ray ``through``."""
+    tx, ty = tilt
+    return depth * (tx * through[0] + ty * through[1] + 1.0) / (tx * rays_x + ty * rays_y + 1.0)
+
+
+def render_depth(scene: Scene, seed: int | None = None) -> DepthScene:
+    """A registered depth image of ``scene``, deterministic from ``seed`` (default: the
+    scene's own seed); the RGB image is left as it is.
+
+    Every object is a slightly tilted flat cut-out at its own depth in
+    :data:`OBJECT_DEPTH_RANGE_M`, objects drawn later (occluders) nearer than those they
+    cover, in front of a tilted wall (:data:`WALL_DEPTH_RANGE_M`). The measured image has what
+    makes real depth hard: noise growing with the square of the distance (sigma = 0.001 z^2 m,
+    a structured-light/stereo sensor's), millimetre quantisation (16UC1), random dropouts, a
+    few blobs without a reading, and at object edges missing pixels and "flying pixels" with
+    depths between the object and what lies behind it.
+    """
+    rng = np.random.default_rng([scene.seed if seed is None else seed, 0xDE97])
+    height, width = scene.image.shape[:2]
+    intrinsics = shapes_intrinsics(width, height)
+    rays_x = (np.arange(width) - intrinsics.cx) / intrinsics.fx
+    rays_y = (np.arange(height) - intrinsics.cy) / intrinsics.fy
+
+    wall = rng.uniform(*WALL_DEPTH_RANGE_M)
+    # Tilted by at most 7.5 % of the depth per image axis, in any image shape: the wall's
+    # nearest corner stays behind the farthest object.
+    wall_tilt = (
+        float(rng.uniform(-0.075, 0.075) / np.abs(rays_x).max()),
+        float(rng.uniform(-0.075, 0.075) / max(np.abs(rays_y).max(), 1e-6)),
+    )
+    true_depth = _plane_depth(rays_x[None, :], rays_y[:, None], wall, (0.0, 0.0), wall_tilt)
+    # One depth slot per object, far to near in drawing order, jittered within its slot.
+    n = len(scene.objects)
+    near, far = OBJECT_DEPTH_RANGE_M
+    gap = (far - near) / (n + 1)
+    depths = far - gap * np.arange(1, n + 1) + rng.uniform(-0.3, 0.3, n) * gap
+    centroids = np.zeros((n, 3), np.float64)
+    for i, (obj, depth) in enumerate(zip(scene.objects, depths, strict=True)):
+        ys, xs = np.nonzero(obj.mask)
+        through = (float(rays_x[xs].mean()), float(rays_y[ys].mean()))
+        tilt = (float(rng.uniform(-0.15, 0.15)), float(rng.uniform(-0.15, 0.15)))
+        z = _plane_depth(rays_x[xs], rays_y[ys], float(depth), through, tilt)
+        true_depth[ys, xs] = z
+        centroids[i] = (np.mean(rays_x[xs] * z), np.mean(rays_y[ys] * z), np.mean(z))
+
+    measured = true_depth + rng.normal(0.0, 1.0, true_depth.shape) * 0.001 * true_depth**2
+    # Object edges: the sensor sees a mix of the object and what lies behind it, or nothing.
+    ids = scene.instance_ids.astype(np.float32)
+    kernel = np.ones((3, 3), np.uint8)
+    edge = cv2.dilate(ids, kernel) != cv2.erode(ids, kernel)
+    nearest = cv2.erode(true_depth.astype(np.float32), kernel)
+    farthest = cv2.dilate(true_depth.astype(np.float32), kernel)
+    u = rng.random(true_depth.shape)
+    flying = edge & (u < 0.2)
+    mix = rng.uniform(0.1, 0.9, true_depth.shape)
+    measured[flying] = (nearest + mix * (farthest - nearest))[flying]
+    holes = (edge & (u > 0.6)) | (rng.random(true_depth.shape) < rng.uniform(0.005, 0.02))
+    blobs = np.zeros((height, width), np.uint8)
+    side = min(width, height)
+    for _ in range(int(rng.integers(2, 6))):
+        center = (int(rng.integers(width)), int(rng.integers(height)))
+        axes = tuple(max(1, int(a)) for a in rng.uniform(0.02, 0.06, 2) * side)
+        cv2.ellipse(blobs, center, axes, rng.uniform(0, 180), 0, 360, 1, -1)
+    holes |= blobs.astype(bool)
+    measured = np.round(measured * 1000.0) / 1000.0
+    measured[holes] = np.nan
+    return DepthScene(
+        depth_m=measured.astype(np.float32),
+        true_depth_m=true_depth.astype(np.float32),
+        intrinsics=intrinsics,
+        centroids=centroids,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Large scenes (semantic localization of big images)
+
+
+@dataclass(frozen=True)
+class LargeScene:
+    """A big image of many small, non-overlapping shapes: test data for localization.
+
+    Object masks live in one id image: a boolean mask per object would take width x height
+    bytes each (16 MB at 4096 x 4096), too much for hundreds of objects.
+    """
+
+    image: np.ndarray
+    """HxWx3 uint8 RGB."""
+    instance_ids: np.ndarray
+    """HxW int32: object i (0-based) is id i + 1, background 0."""
+    objects: tuple[tuple[str, str], ...]
+    """(colour, shape) of object i."""
+    seed: int
+    hard: bool
+
+    def mask(self, color: str | None = None, shape: str | None = None) -> np.ndarray:
+        """HxW bool: every object of this colour and/or shape (the truth of a phrase)."""
+        if color is None and shape is None:
+            raise ValueError("mask: name a colour, a shape or both")
+        wanted = [
+            i + 1
+            for i, (c, s) in enumerate(self.objects)
+            if color in (None, c) and shape in (None, s)
+        ]
+        return np.isin(self.instance_ids, wanted)
+
+
+def generate_large_scene(
+    seed: int,
+    width: int = 4096,
+    height: int = 4096,
+    num_objects: int = 150,
+    radius: tuple[float, float] = (40.0, 90.0),
+    hard: bool = False,
+    include: tuple[tuple[str, str], ...] = (),
+) -> LargeScene:
+    """Many small shapes scattered over one big background, deterministic from ``seed``.
+
+    Unlike :func:`generate_scene`, combinations may repeat (a phrase can name several objects,
+    as a localization target usually does) and sizes are in pixels, not relative to the
+    image. The ``include`` combinations are placed first, each once (repeat one to get several
+    of it); the others are drawn uniformly from :data:`ALL_COMBOS`. Objects do not overlap:
+    each keeps 1.1 x the sum of the radii from the others, and one that finds no free spot in
+    100 tries is left out, so a crowded request gets fewer objects (``objects`` lists those
+    drawn). Memory: the background is drawn in float32 at full size (about 1 GB at 4096 x 4096).
+    """
+    if width < 16 or height < 16:
+        raise ValueError(f"width and height must be >= 16, got {width}x{height}")
+    low, high = (float(v) for v in radius)
+    if not 1.0 <= low <= high or 2.2 * high >= min(width, height):
+        raise ValueError(
+            f"radius: expected 1 <= low <= high < {min(width, height) / 2.2:.0f} px, got {radius}"
+        )
+    include = tuple(tuple(pair) for pair in include)
+    for color, shape in include:
+        if color not in COLORS or shape not in SHAPES:
+            raise ValueError(f"include: unknown combination {(color, shape)!r}")
+    if num_objects < max(1, len(include)):
+        raise ValueError(f"num_objects: expected >= max(1, {len(include)}), got {num_objects}")
+    rng = np.random.default_rng([seed, 0x1A26E])
+    drawn = rng.integers(len(ALL_COMBOS), size=num_objects - len(include))
+    picked = [*include, *(ALL_COMBOS[int(k)] for k in drawn)]
+
+    centres = np.zeros((0, 3))
+    kept: list[tuple[tuple[str, str], float, float, float]] = []
+    for pair in picked:
+        r = float(rng.uniform(low, high))
+        for _ in range(100):
+            cx, cy = float(rng.uniform(r, width - r)), float(rng.uniform(r, height - r))
+            gaps = np.hypot(centres[:, 0] - cx, centres[:, 1] - cy) - 1.1 * (centres[:, 2] + r)
+            if np.all(gaps > 0):
+                centres = np.vstack([centres, (cx, cy, r)])
+                kept.append((pair, cx, cy, r))
+                break
+
+    img = draw_background(rng, height, width, hard)
+    ids = np.zeros((height, width), np.int32)
+    for index, ((color, shape), cx, cy, r) in enumerate(kept):
+        margin = r + 2.0
+        x0, y0 = max(0, int(cx - margin)), max(0, int(cy - margin))
+        x1 = min(width, int(np.ceil(cx + margin)) + 1)
+        y1 = min(height, int(np.ceil(cy + margin)) + 1)
+        rot = _MAX_ROTATION.get(shape, 180.0)
+        local = draw_shape_mask(
+            shape, y1 - y0, x1 - x0, (cx - x0, cy - y0), r, rng.uniform(-rot, rot)
+        )
+        # A view: painting the window paints the image.
+        _paint_object(rng, img[y0:y1, x0:x1], local, np.array(COLORS[color]), hard)
+        ids[y0:y1, x0:x1][local] = index + 1
+    image = np.ascontiguousarray(img.clip(0, 255).astype(np.uint8))
+    return LargeScene(
+        image=image,
+        instance_ids=ids,
+        objects=tuple(pair for pair, *_ in kept),
+        seed=seed,
+        hard=hard,
+    )

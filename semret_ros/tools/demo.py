@@ -4,7 +4,9 @@ Starts ``semret_node`` (the installed console command, ``--ros-args --params-fil
 config/semret.yaml``) with the embedded default model, publishes generated hard shapes-world
 scenes to it as a BEST_EFFORT camera would, and asks it language queries through its services:
 full names (seen and held-out colour-shape combinations), colour-only and shape-only phrases,
-one multi-label request and one describe-this-point request per scene. Because the demo
+one multi-label request and one describe-this-point request per scene. The camera is a
+registered RGB-D camera (depth and CameraInfo with every colour frame), so hits also get 3D
+positions, checked against the scene's true object centroids. Because the demo
 generated the scenes, it knows the ground truth of every frame (matched by the answer's header
 stamp) and prints whether each answer was right, with the service round-trip time. Overlays
 and masks go to ``--output`` (default ./demo_output).
@@ -37,22 +39,40 @@ from rclpy.client import Client
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
 from semret_ros.core import viz
+from semret_ros.core.depth import depth_to_16uc1
 from semret_ros.core.embedder import CONFIG_FILE, default_model_dir
 from semret_ros.core.metrics import HIT_IOU, hit_at_1, iou
 from semret_ros.msg import SemanticFrame as SemanticFrameMsg
 from semret_ros.ros.client import call
-from semret_ros.ros.conversions import header_to_stamp, image_to_numpy, make_header, rgb_to_image
+from semret_ros.ros.conversions import (
+    header_to_stamp,
+    image_to_numpy,
+    intrinsics_to_camera_info,
+    make_header,
+    numpy_to_image,
+    rgb_to_image,
+)
 from semret_ros.ros.dds import apply_default_dds_profile
 from semret_ros.ros.qos import SERVICE_QOS, camera_qos
-from semret_ros.shapes.world import ALL_COMBOS, Scene, SceneObject, generate_scene, query_phrase
+from semret_ros.shapes.world import (
+    ALL_COMBOS,
+    Scene,
+    SceneObject,
+    generate_scene,
+    query_phrase,
+    render_depth,
+)
 from semret_ros.srv import Describe, Label, Query
 
 NAMESPACE = "/semret_demo"
 NODE = f"{NAMESPACE}/semret"
 CAMERA_TOPIC = f"{NAMESPACE}/camera/image_raw"
+DEPTH_TOPIC = f"{NAMESPACE}/camera/aligned_depth_to_color/image_raw"
+CAMERA_INFO_TOPIC = f"{NAMESPACE}/camera/aligned_depth_to_color/camera_info"
+OPTICAL_FRAME = "camera_color_optical_frame"
 DEFAULT_SEEDS = (2, 30)
 """Hard scenes with at least two held-out objects each, a purple star in both."""
 _RANDOM_ARCH = Path(__file__).resolve().parents[1] / "models" / "shapes_tiny.json"
@@ -72,6 +92,8 @@ class Row:
     score: float | None
     latency_ms: float
     ok: bool = True
+    error_cm: float | None = None
+    """For a query hit: distance from the region's 3D position to the object's true centroid."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +156,12 @@ def node_command(params_file: Path, random_dir: Path | None) -> list[str]:
         f"__ns:={NAMESPACE}",
         "-r",
         f"image:={CAMERA_TOPIC}",
+        "-r",
+        f"depth/image:={DEPTH_TOPIC}",
+        "-r",
+        f"depth/camera_info:={CAMERA_INFO_TOPIC}",
+        "-p",
+        "depth.enabled:=true",
     ]
     if random_dir is not None:
         command += ["-p", f"clip.model:=local-dir:{random_dir}", "-p", "clip.pretrained:=random"]
@@ -183,16 +211,17 @@ def print_table(rows: Sequence[Row]) -> None:
     width = max(len("query"), *(len(row.text) for row in rows))
     header = (
         f"{'scene':>5}  {'kind':<13}  {'query':<{width}}  {'hit':<5}  "
-        f"{'IoU':>5}  {'score':>5}  {'ms':>7}"
+        f"{'IoU':>5}  {'score':>5}  {'ms':>7}  {'3D cm':>6}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         iou_text = "" if row.iou is None else f"{row.iou:.2f}"
         score_text = "" if row.score is None else f"{row.score:.2f}"
+        error_text = "" if row.error_cm is None else f"{row.error_cm:.1f}"
         print(
             f"{row.scene:>5}  {row.kind:<13}  {row.text:<{width}}  {row.hit:<5}  "
-            f"{iou_text:>5}  {score_text:>5}  {row.latency_ms:7.1f}"
+            f"{iou_text:>5}  {score_text:>5}  {row.latency_ms:7.1f}  {error_text:>6}"
         )
 
 
@@ -224,6 +253,14 @@ class Demo:
         self.timeout = timeout
         self.clients: dict[str, Client] = {}
         self.camera = node.create_publisher(Image, CAMERA_TOPIC, camera_qos("best_effort", 1))
+        self.depth_camera = node.create_publisher(Image, DEPTH_TOPIC, camera_qos("best_effort", 1))
+        self.camera_info = node.create_publisher(
+            CameraInfo, CAMERA_INFO_TOPIC, camera_qos("best_effort", 1)
+        )
+        self.depths = [render_depth(scene) for scene in scenes]
+        """The registered depth camera's view of every scene, with true centroids."""
+        self.positions: dict[int, dict[int, tuple[float, float, float]]] = {}
+        """Stamp (ns) -> segment id -> 3D position, for the segments that have one."""
         self.instance_ids: dict[int, np.ndarray] = {}
         """Stamp (ns) -> instance-id image of every processed frame."""
         self.scene_of: dict[int, int] = {}
@@ -239,6 +276,11 @@ class Demo:
     def _on_segments(self, message: SemanticFrameMsg) -> None:
         stamp_ns, _frame_id = header_to_stamp(message.header)
         self.instance_ids[stamp_ns] = np.array(image_to_numpy(message.instance_ids))
+        self.positions[stamp_ns] = {
+            s.id: (s.position.x, s.position.y, s.position.z)
+            for s in message.segments
+            if s.has_position
+        }
 
     def spin(self, seconds: float) -> None:
         rclpy.spin_once(self.node, timeout_sec=seconds)
@@ -266,10 +308,16 @@ class Demo:
         published: list[int] = []
         while time.monotonic() < deadline:
             stamp_ns = self.node.get_clock().now().nanoseconds
-            message = rgb_to_image(image, "rgb8", make_header(stamp_ns, "camera"))
+            header = make_header(stamp_ns, OPTICAL_FRAME)
+            # A registered RGB-D camera: depth and its CameraInfo with the colour frame's stamp.
+            depth = self.depths[index]
+            self.camera_info.publish(intrinsics_to_camera_info(depth.intrinsics, header))
+            self.depth_camera.publish(
+                numpy_to_image(depth_to_16uc1(depth.depth_m), "16UC1", header)
+            )
             self.scene_of[stamp_ns] = index
             published.append(stamp_ns)
-            self.camera.publish(message)
+            self.camera.publish(rgb_to_image(image, "rgb8", header))
             retry = min(deadline, time.monotonic() + _REPUBLISH_S)
             while time.monotonic() < retry:
                 done = [stamp for stamp in published if stamp in self.instance_ids]
@@ -314,7 +362,9 @@ class Demo:
         for kind, obj in query_plan(scene):
             text = query_phrase(kind, obj)
             label = f"{kind}{' held-out' if kind == 'full' and obj.held_out else ''}"
-            response, latency_ms, error = self._call(Query, "query", Query.Request(text=text))
+            # The demo scores hit@1 from the similarity and saves the mask: it asks for both.
+            request = Query.Request(text=text, want_similarity=True, want_mask=True)
+            response, latency_ms, error = self._call(Query, "query", request)
             ids = None if response is None else self._answering_frame(response, index)
             if response is None or ids is None:
                 self._failed(index, label, text, latency_ms, error or "answered from another scene")
@@ -323,8 +373,25 @@ class Demo:
             relevance = region_relevance(ids, similarity)
             hit, top_iou = hit_at_1(ids, relevance, obj.mask)
             score = float(relevance.max(initial=0.0))
+            error_cm = None
+            if hit:
+                placed = self.positions.get(header_to_stamp(response.header)[0], {})
+                position = placed.get(int(np.argmax(relevance)) + 1)
+                if position is not None:
+                    number = next(i for i, o in enumerate(scene.objects) if o is obj)
+                    truth = self.depths[index].centroids[number]
+                    error_cm = 100.0 * float(np.linalg.norm(np.asarray(position) - truth))
             self.rows.append(
-                Row(index, label, text, "yes" if hit else "no", top_iou, score, latency_ms)
+                Row(
+                    index,
+                    label,
+                    text,
+                    "yes" if hit else "no",
+                    top_iou,
+                    score,
+                    latency_ms,
+                    error_cm=error_cm,
+                )
             )
             name = f"{prefix}_{kind}_{slug(text)}"
             viz.save_png(f"{name}_heatmap.png", viz.heatmap_overlay(scene.image, similarity))
@@ -460,6 +527,14 @@ def _run(
         f"(held-out {sum(r.hit == 'yes' for r in held_out)}/{len(held_out)}); "
         f"* = held-out combination; hit = best region IoU >= {HIT_IOU} with the named object"
     )
+    hits = [row for row in queries if row.hit == "yes"]
+    errors = [row.error_cm for row in hits if row.error_cm is not None]
+    if errors:
+        print(
+            f"3D: {len(errors)}/{len(hits)} hits placed from the registered depth (noise, "
+            f"holes); distance to the true centroid: median {np.median(errors):.1f} cm, "
+            f"max {max(errors):.1f} cm"
+        )
     print(f"outputs in {output} (node log: {log_path.name}); {time.monotonic() - started:.0f} s")
     return 0 if all(row.ok for row in demo.rows) else 1
 

@@ -7,6 +7,8 @@ the model's or the scoring's; with ``--masks superpixel`` (or ``sam2``) the "ora
 best any single region reaches with the object, says whether a correct answer was even
 available. Every object is queried three ways (colour + shape, colour only, shape only); a
 scene's objects have pairwise distinct colours and shapes, so each query names one object.
+Each scene also gets one multi-label request (``~/label``) with the full names of its
+objects, judged per object by pixel accuracy and IoU of its own label.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from semret_ros.core.depth import DepthFrame
 from semret_ros.core.embedder import ClipConfig, ClipEmbedder
 from semret_ros.core.metrics import (
     HIT_IOU,
     hit_at_1,
     iou,
+    label_scores,
     merge_deletion_diagnostic,
+    retrieval_metrics,
     semantic_consistency,
     semantic_localization,
     top_region,
 )
+from semret_ros.core.object_guided import REGION_ENCODERS
 from semret_ros.core.pipeline import PipelineConfig, SemanticPipeline
 from semret_ros.core.records import Prompt, QueryResult, Region, SemanticFrame
 from semret_ros.core.refine import RefineConfig
@@ -47,18 +53,26 @@ from semret_ros.core.segmenters import (
     select_regions,
 )
 from semret_ros.core.viz import heatmap_overlay, mask_overlay, panel, save_png
+from semret_ros.shapes.test_renderer import render_scene
 from semret_ros.shapes.world import (
     ALL_COMBOS,
     KINDS,
     QUERY_PHRASES,
+    DepthScene,
     Scene,
     SceneObject,
     generate_scene,
     query_phrase,
+    render_depth,
 )
 
 GROUPS: tuple[str, ...] = ("seen", "held_out")
 MASK_MODES = ("superpixel", "gt", "sam2")
+RENDERERS = ("train", "test")
+"""Scene sources: the shapes world the embedded model is trained on, or the independent
+test renderer (:mod:`semret_ros.shapes.test_renderer`), which training never sees."""
+VOCABULARY: tuple[str, ...] = tuple(f"{c} {s}" for c, s in ALL_COMBOS)
+"""What ``~/describe`` ranks for each object: every colour-shape name."""
 _PANEL_TRUTH_RGB = (40, 220, 60)
 _PANEL_MASK_RGB = (255, 40, 40)
 _PANEL_TOP_RGB = (255, 230, 0)
@@ -160,6 +174,47 @@ class QueryRecord:
     rda: float
     rmi: float
     query_s: float
+    position_error_m: float | None = None
+    """With --depth, for a hit: distance (m) from the top region's 3D position to the object's
+    true centroid; None for a miss, a hit without a position, or no depth."""
+    relative_position_error: float | None = None
+    """position_error_m over the true centroid's depth."""
+    has_position: bool | None = None
+    """With --depth: whether the top-ranked region got a 3D position."""
+
+
+def position_error(
+    frame: SemanticFrame, result: QueryResult, centroid: np.ndarray, hit: bool
+) -> dict[str, float | bool | None]:
+    """The 3D figures of one answered query against the object's true centroid (metres)."""
+    best = top_region(result.relevance)
+    position = frame.positions[best] if best >= 0 and frame.positions else None
+    if position is None or not hit:
+        return {"has_position": position is not None}
+    error = float(np.linalg.norm(np.asarray(position.position) - centroid))
+    return {
+        "has_position": True,
+        "position_error_m": error,
+        "relative_position_error": error / float(centroid[2]),
+    }
+
+
+def depth_summary(records: Sequence[QueryRecord]) -> dict[str, object]:
+    """How well hits are placed in 3D: the share with a position and the error statistics."""
+    hits = [r for r in records if r.hit]
+    errors = np.array([r.position_error_m for r in hits if r.position_error_m is not None])
+    relative = np.array(
+        [r.relative_position_error for r in hits if r.relative_position_error is not None]
+    )
+    return {
+        "hits": len(hits),
+        "hits_with_position": _mean([float(bool(r.has_position)) for r in hits]),
+        "median_error_m": float(np.median(errors)) if errors.size else None,
+        "p90_error_m": float(np.percentile(errors, 90)) if errors.size else None,
+        "median_relative_error": float(np.median(relative)) if relative.size else None,
+        "p90_relative_error": float(np.percentile(relative, 90)) if relative.size else None,
+        "within_5_percent_of_depth": _mean([float(v <= 0.05) for v in relative]),
+    }
 
 
 def measure_query(
@@ -193,6 +248,41 @@ def measure_query(
         "rda": float(slm.rda),
         "rmi": float(slm.rmi),
     }
+
+
+@dataclass
+class LabelRecord:
+    """How one object fared in its scene's multi-label request (every object's full name)."""
+
+    scene_seed: int
+    object_index: int
+    object: str
+    group: str
+    """'seen' or 'held_out'."""
+    pixel_accuracy: float
+    """Share of the object's pixels labelled with its own name."""
+    iou: float
+    """IoU of the pixels labelled with its name with the object."""
+
+
+@dataclass
+class DescribeRecord:
+    """One ``~/describe`` request: a point inside an object, every colour-shape name ranked."""
+
+    scene_seed: int
+    object: str
+    group: str
+    """'seen' or 'held_out'."""
+    top1: str
+    hit: bool
+    """The best-ranked name is the object's own."""
+
+
+def interior_point(mask: np.ndarray) -> np.ndarray:
+    """(1, 2) float (x, y): the mask's pixel farthest from its edge, where a user would click."""
+    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return np.array([[float(x), float(y)]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +322,28 @@ def breakdown(records: Sequence[QueryRecord]) -> dict[str, dict[str, dict[str, o
             kind: summarize([r for r in in_group if kind in ("all", r.kind)])
             for kind in (*KINDS, "all")
         }
+    return table
+
+
+def summarize_labels(
+    records: Sequence[LabelRecord], background_labelled: Sequence[float]
+) -> dict[str, object]:
+    """Label figures: per-object pixel accuracy and IoU by group, and the scenes' mean mIoU.
+
+    A scene's mIoU is the mean IoU over its labels (one per object); ``background_labelled``
+    holds each scene's share of non-object pixels that got a label.
+    """
+    table: dict[str, object] = {"n": len(records)}
+    for key in ("pixel_accuracy", "iou"):
+        table[key] = {
+            group: _mean([getattr(r, key) for r in records if group in ("all", r.group)])
+            for group in (*GROUPS, "all")
+        }
+    scenes = sorted({r.scene_seed for r in records})
+    table["miou"] = _mean(
+        [float(np.mean([r.iou for r in records if r.scene_seed == s])) for s in scenes]
+    )
+    table["background_labelled"] = _mean(background_labelled)
     return table
 
 
@@ -368,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--easy", action="store_true", help="easy scenes instead of the hard ones")
     p.add_argument(
+        "--renderer",
+        choices=RENDERERS,
+        default="train",
+        help="train: the shapes world the model was trained on; test: the independent test "
+        "renderer (hard scenes only)",
+    )
+    p.add_argument(
         "--min-held-out",
         type=int,
         default=2,
@@ -398,6 +517,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--visual-prompt", default=clip_defaults.visual_prompt, help="crop mode")
     p.add_argument(
+        "--region-encoder",
+        choices=REGION_ENCODERS,
+        default=clip_defaults.region_encoder,
+        help="what embeds a region: the CLIP image tower on its crop, or seed 004's "
+        "object-guided encoder (needs --region-encoder-path)",
+    )
+    p.add_argument(
+        "--region-encoder-path",
+        default=None,
+        help="folder of an object-guided encoder (semret-train --objective object-guided)",
+    )
+    p.add_argument(
         "--min-area",
         type=int,
         default=None,
@@ -415,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=query_defaults.threshold,
-        help="relevance threshold of the query mask (hit@1 ignores it)",
+        help="relevance threshold of the query masks and the labels (hit@1 ignores it)",
     )
     p.add_argument("--contrast-scale", type=float, default=query_defaults.contrast_scale)
     p.add_argument(
@@ -430,6 +561,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slic-segments", type=int, default=superpixel_defaults.n_segments)
     p.add_argument("--downscale", type=float, default=superpixel_defaults.downscale)
     p.add_argument("--panels", type=int, default=2, help="write panels for the first K scenes")
+    p.add_argument(
+        "--depth",
+        action="store_true",
+        help="give the pipeline each scene's rendered registered depth (noise, holes) and "
+        "report the 3D error of hits against the objects' true centroids",
+    )
+    p.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="also report image-text retrieval (R@1, R@5, mean rank) of the scenes' objects "
+        "against the 64 colour-shape names",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -474,6 +617,8 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
             device=args.device,
             visual_prompt=args.visual_prompt,
             global_weight=args.global_weight,
+            region_encoder=args.region_encoder,
+            region_encoder_path=args.region_encoder_path,
         ),
         refine=refine,
         query=QueryConfig(
@@ -494,6 +639,8 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pi
         parser.error(f"--panels: expected >= 0, got {args.panels}")
     if args.min_held_out < 0:
         parser.error(f"--min-held-out: expected >= 0, got {args.min_held_out}")
+    if args.renderer == "test" and args.easy:
+        parser.error("--easy: the test renderer draws hard scenes only")
     if args.masks == "sam2":
         if args.sam2_checkpoint is None:
             parser.error("--masks sam2 needs --sam2-checkpoint FILE")
@@ -532,11 +679,41 @@ def _print_table(report: dict[str, object]) -> None:
             + "".join(f"{fmt(v):>10}" for v in row)
             + f"{fmt(cell['hit_ceiling']):>10}{fmt(cell['mean_mask_iou']):>10}{fmt(cell['rmi']):>8}"
         )
+    labels = report["labels"]
+    print(f"\n{'~/label':<10}{'seen':>10}{'held-out':>10}{'all':>10}{'mIoU':>10}{'bg lab.':>10}")
+    for key, name in (("pixel_accuracy", "pixel acc"), ("iou", "IoU")):
+        row = [labels[key][group] for group in (*GROUPS, "all")]
+        extra = (
+            f"{fmt(labels['miou']):>10}{fmt(labels['background_labelled']):>10}"
+            if key == "pixel_accuracy"
+            else ""
+        )
+        print(f"{name:<10}" + "".join(f"{fmt(v):>10}" for v in row) + extra)
+    describe = report["describe"]
+    print(f"{'describe':<10}" + "".join(f"{fmt(describe[g]):>10}" for g in (*GROUPS, "all")))
     timing = report["timing"]
     print(
         f"process {timing['process_ms_mean']:.1f} ms/frame, query {timing['query_ms_mean']:.2f} ms "
-        f"(median {timing['query_ms_median']:.2f}); report: {report['out']}"
+        f"(median {timing['query_ms_median']:.2f}), label {timing['label_ms_mean']:.2f} ms; "
+        f"report: {report['out']}"
     )
+    depth = report.get("depth")
+    if depth is not None and depth["median_error_m"] is not None:
+        print(
+            f"3D: {depth['hits_with_position']:.3f} of {depth['hits']} hits placed; error median "
+            f"{100 * depth['median_error_m']:.1f} cm, p90 {100 * depth['p90_error_m']:.1f} cm; "
+            f"relative median {100 * depth['median_relative_error']:.2f} %, p90 "
+            f"{100 * depth['p90_relative_error']:.2f} %; "
+            f"{depth['within_5_percent_of_depth']:.3f} within 5 % of depth"
+        )
+    retrieval = report.get("retrieval")
+    if retrieval is not None:
+        print(
+            f"retrieval over {retrieval['pairs']} objects x {retrieval['captions']} names: "
+            f"i2t R@1 {retrieval['i2t_r1']:.3f} R@5 {retrieval['i2t_r5']:.3f} mean rank "
+            f"{retrieval['i2t_mean_rank']:.2f}; t2i R@1 {retrieval['t2i_r1']:.3f} R@5 "
+            f"{retrieval['t2i_r5']:.3f} mean rank {retrieval['t2i_mean_rank']:.2f}"
+        )
 
 
 @dataclass
@@ -544,6 +721,11 @@ class SceneResult:
     """What one scene contributes to the report."""
 
     records: list[QueryRecord]
+    labels: list[LabelRecord]
+    """One per object: the scene's multi-label request judged for that object."""
+    background_labelled: float
+    """Share of the scene's non-object pixels the multi-label request labelled."""
+    label_s: float
     skipped: int
     """Queries left out because they would name several objects."""
     process_s: float
@@ -556,16 +738,32 @@ class SceneResult:
     """(M,) index in ALL_COMBOS of the object under each of those regions."""
     panels: dict[str, np.ndarray]
     """File name -> panel image, for the scenes that get panels."""
+    describes: list[DescribeRecord] = dataclasses.field(default_factory=list)
+    """One ``~/describe`` request per object (a point at its interior)."""
 
 
-def evaluate_scene(pipeline: SemanticPipeline, scene: Scene, with_panels: bool) -> SceneResult:
-    """Process one scene and ask every unambiguous query about each of its objects.
+def evaluate_scene(
+    pipeline: SemanticPipeline,
+    scene: Scene,
+    with_panels: bool,
+    depth: DepthScene | None = None,
+) -> SceneResult:
+    """Process one scene, query each of its objects every unambiguous way, label the scene.
+
+    The multi-label request names every object of the scene by its full name at once.
 
     Panels show all query kinds about one object: the first held-out one if the scene has
     any, since generalisation is what a reader most wants to see.
     """
     start = time.perf_counter()
-    frame = pipeline.process(scene.image, stamp_ns=scene.seed, frame_id=f"scene_{scene.seed}")
+    frame = pipeline.process(
+        scene.image,
+        stamp_ns=scene.seed,
+        frame_id=f"scene_{scene.seed}",
+        depth=None
+        if depth is None
+        else DepthFrame(depth.depth_m, depth.intrinsics, scene.seed, "depth_optical_frame"),
+    )
     process_s = time.perf_counter() - start
 
     owners = majority_objects(scene.instance_ids, frame.instance_ids, frame.num_regions)
@@ -588,6 +786,10 @@ def evaluate_scene(pipeline: SemanticPipeline, scene: Scene, with_panels: bool) 
             start = time.perf_counter()
             result = pipeline.query(frame, text)
             elapsed = time.perf_counter() - start
+            measured = measure_query(frame, result, obj.mask, ious, region_names)
+            if depth is not None:
+                centroid = depth.centroids[obj_index]
+                measured.update(position_error(frame, result, centroid, bool(measured["hit"])))
             record = QueryRecord(
                 scene_seed=scene.seed,
                 object_index=obj_index,
@@ -596,14 +798,40 @@ def evaluate_scene(pipeline: SemanticPipeline, scene: Scene, with_panels: bool) 
                 kind=kind,
                 text=text,
                 query_s=elapsed,
-                **measure_query(frame, result, obj.mask, ious, region_names),
+                **measured,
             )
             records.append(record)
             if with_panels and obj is shown:
                 name = f"scene{scene.seed}_{kind}_{obj.name.replace(' ', '_')}.png"
                 panels[name] = query_panel(scene, obj, frame, result, record)
+
+    start = time.perf_counter()
+    labelled = pipeline.label(frame, [obj.name for obj in scene.objects])
+    label_s = time.perf_counter() - start
+    scores = label_scores(labelled.label_image, [obj.mask for obj in scene.objects])
+    label_records = [
+        LabelRecord(
+            scene_seed=scene.seed,
+            object_index=obj_index,
+            object=obj.name,
+            group="held_out" if obj.held_out else "seen",
+            pixel_accuracy=float(scores.accuracy[obj_index]),
+            iou=float(scores.iou[obj_index]),
+        )
+        for obj_index, obj in enumerate(scene.objects)
+    ]
+    describes = []
+    for obj in scene.objects:
+        prompt = Prompt(points=interior_point(obj.mask), point_labels=np.array([1]))
+        top1 = pipeline.describe(frame, prompt, vocabulary=VOCABULARY).labels[0]
+        group = "held_out" if obj.held_out else "seen"
+        describes.append(DescribeRecord(scene.seed, obj.name, group, top1, top1 == obj.name))
     return SceneResult(
+        describes=describes,
         records=records,
+        labels=label_records,
+        background_labelled=scores.background_labelled,
+        label_s=label_s,
         skipped=skipped,
         process_s=process_s,
         num_regions=frame.num_regions,
@@ -612,6 +840,31 @@ def evaluate_scene(pipeline: SemanticPipeline, scene: Scene, with_panels: bool) 
         object_combos=combos[owners[on_object] - 1],
         panels=panels,
     )
+
+
+def object_features(embedder: ClipEmbedder, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Each object's embedding as the node computes it from the object's true mask (masked
+    crop blended with the whole image), and the index of its name in ALL_COMBOS."""
+    features, _ = embedder.embed_frame(scene.image, scene.instance_ids, len(scene.objects))
+    names = np.array([ALL_COMBOS.index((o.color, o.shape)) for o in scene.objects], np.int64)
+    return features, names
+
+
+def retrieval_report(
+    embedder: ClipEmbedder, pairs: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> dict[str, object]:
+    """Seed 004's retrieval figures: the scenes' objects against the 64 colour-shape names."""
+    captions = [f"{color} {shape}" for color, shape in ALL_COMBOS]
+    scores = retrieval_metrics(
+        np.concatenate([features for features, _ in pairs]),
+        np.concatenate([names for _, names in pairs]),
+        embedder.embed_text(captions),
+    )
+    return {
+        **dataclasses.asdict(scores),
+        "gallery": "the 64 colour-shape names, each through the embedder's prompt templates",
+        "images": "the scenes' objects: true masks, embedded as the node embeds a region",
+    }
 
 
 def build_report(
@@ -623,6 +876,7 @@ def build_report(
 ) -> dict[str, object]:
     """Every figure, the configuration and the per-query records, JSON-ready."""
     records = [record for result in results for record in result.records]
+    label_records = [record for result in results for record in result.labels]
     table = breakdown(records)
     per_scene = [r.consistency for r in results if r.consistency is not None]
     pooled = consistency_report(
@@ -641,6 +895,7 @@ def build_report(
         "scenes": args.scenes,
         "seeds": [args.seed + i for i in range(args.scenes)],
         "scene_size": [args.width, args.height],
+        "renderer": args.renderer,
         "hard": not args.easy,
         "model": {
             "name": config.clip.model_name,
@@ -655,6 +910,13 @@ def build_report(
         },
         "summary": table["all"]["all"],
         "breakdown": table,
+        "labels": summarize_labels(label_records, [r.background_labelled for r in results]),
+        "describe": {
+            group: _mean(
+                [float(d.hit) for r in results for d in r.describes if group in ("all", d.group)]
+            )
+            for group in (*GROUPS, "all")
+        },
         "skipped_ambiguous": sum(r.skipped for r in results),
         "consistency": {
             "per_scene_mean": {
@@ -669,11 +931,13 @@ def build_report(
             "process_ms_mean": float(np.mean([r.process_s for r in results]) * 1e3),
             "query_ms_mean": float(query_ms.mean()) if query_ms.size else 0.0,
             "query_ms_median": float(np.median(query_ms)) if query_ms.size else 0.0,
+            "label_ms_mean": float(np.mean([r.label_s for r in results]) * 1e3),
             "regions_per_frame": float(np.mean([r.num_regions for r in results])),
         },
         "panels": list(panels),
         "bar_chart": "hit_at_1.png",
         "records": [dataclasses.asdict(r) for r in records],
+        "label_records": [dataclasses.asdict(r) for r in label_records],
     }
 
 
@@ -696,23 +960,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results: list[SceneResult] = []
     panels: list[str] = []
+    retrieval_pairs: list[tuple[np.ndarray, np.ndarray]] = []
     seeds = range(args.seed, args.seed + args.scenes)
     for index, seed in enumerate(
         tqdm(seeds, desc="scenes", disable=args.no_progress, file=sys.stderr)
     ):
-        scene = generate_scene(
-            seed, args.width, args.height, hard=not args.easy, min_held_out=args.min_held_out
-        )
+        if args.renderer == "test":
+            scene = render_scene(seed, args.width, args.height, min_held_out=args.min_held_out)
+        else:
+            scene = generate_scene(
+                seed, args.width, args.height, hard=not args.easy, min_held_out=args.min_held_out
+            )
         source: Segmenter = GroundTruthSegmenter(scene) if segmenter is None else segmenter
         pipeline = SemanticPipeline(source, embedder, refine=config.refine, query=config.query)
-        result = evaluate_scene(pipeline, scene, with_panels=index < args.panels)
+        depth = render_depth(scene) if args.depth else None
+        result = evaluate_scene(pipeline, scene, index < args.panels, depth)
         for name, image in result.panels.items():
             save_png(args.out / "panels" / name, image)
             panels.append(f"panels/{name}")
         result.panels.clear()
         results.append(result)
+        if args.retrieval:
+            retrieval_pairs.append(object_features(embedder, scene))
 
     report = build_report(args, config, embedder, results, panels)
+    if args.retrieval:
+        report["retrieval"] = retrieval_report(embedder, retrieval_pairs)
+    if args.depth:
+        report["depth"] = depth_summary([r for result in results for r in result.records])
     title = f"hit@1, {args.masks} masks, {args.scenes} scenes ({config.clip.model_name})"
     save_png(args.out / report["bar_chart"], bar_chart(report["breakdown"], title))
     (args.out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))

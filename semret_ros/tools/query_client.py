@@ -1,7 +1,9 @@
 """semret-query: ask a running semret node a question from the shell (ros2cli is not on PyPI).
 
-    semret-query "the red mug"                  # ~/query: matches as a table
+    semret-query "the red mug"                  # ~/query: matches as a table (small answer)
     semret-query "the red mug" --save out/      # + similarity(_overlay).png and mask.png
+    semret-query "the red mug" --save out/ --scale 0.25 --png   # images for a slow link
+    semret-query "the red mug" --search-frames 10   # best match over the newest 10 frames
     semret-query --label chair table floor      # ~/label
     semret-query --describe 320 240 --box 300 200 60 80   # ~/describe at a point / in a box
 
@@ -30,7 +32,7 @@ from sensor_msgs.msg import RegionOfInterest
 from semret_ros.core import viz
 from semret_ros.msg import Segment
 from semret_ros.ros.client import call
-from semret_ros.ros.conversions import image_to_numpy
+from semret_ros.ros.conversions import image_to_numpy, png_to_numpy, similarity_from_png
 from semret_ros.ros.dds import apply_default_dds_profile
 from semret_ros.srv import Describe, Label, Query
 
@@ -76,7 +78,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--node", default="/semret", help="the node's fully qualified name (default /semret)"
     )
-    parser.add_argument("--save", type=Path, metavar="DIR", help="write the answer's PNGs here")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        metavar="DIR",
+        help="write the answer's PNGs here (a query then asks for its similarity, mask, overlay)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=0.0,
+        help="query --save: image size relative to the camera's, in (0, 1] (0: full size)",
+    )
+    parser.add_argument(
+        "--png",
+        action="store_true",
+        help="query --save: have the node send similarity and mask PNG-compressed",
+    )
+    parser.add_argument(
+        "--search-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="query: best match over the newest N stored frames (0, 1: the newest)",
+    )
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for the service and answer"
     )
@@ -102,6 +127,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> st
         parser.error("--point-labels needs one value per --describe point")
     if args.box is not None and min(args.box) < 0:
         parser.error("--box X Y W H takes pixel values >= 0")
+    if args.search_frames < 0:
+        parser.error("--search-frames takes a number of frames >= 0")
     if not args.node.startswith("/"):
         args.node = "/" + args.node
     return wanted[0]
@@ -109,12 +136,18 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> st
 
 def _request(kind: str, args: argparse.Namespace) -> tuple[type, Any]:
     if kind == "query":
+        save = args.save is not None
         request = Query.Request(
             text=args.text,
             negatives=args.negatives or [],
             threshold=args.threshold,
             max_results=args.max_results,
-            want_overlay=args.save is not None,
+            want_overlay=save,
+            want_similarity=save,
+            want_mask=save,
+            image_scale=args.scale,
+            compress_images=args.png,
+            search_frames=args.search_frames,
         )
         return Query, request
     if kind == "label":
@@ -153,12 +186,19 @@ def _ranked_table(names: Sequence[str], scores: Sequence[float]) -> str:
 
 
 def _response_images(kind: str, response: Any) -> dict[str, np.ndarray]:
-    """The PNGs ``--save`` writes for an answer (a Query asks for its overlay only then)."""
+    """The PNGs ``--save`` writes for an answer (a Query asks for its images only then)."""
     if kind == "query":
+        compressed = len(response.similarity_png.data) > 0
+        similarity = (
+            similarity_from_png(response.similarity_png)
+            if compressed
+            else image_to_numpy(response.similarity)
+        )
+        mask = png_to_numpy(response.mask_png) if compressed else image_to_numpy(response.mask)
         return {
-            "similarity.png": viz.colorize(image_to_numpy(response.similarity)),
+            "similarity.png": viz.colorize(similarity),
             "similarity_overlay.png": image_to_numpy(response.overlay),
-            "mask.png": image_to_numpy(response.mask),
+            "mask.png": mask,
         }
     if kind == "label":
         return {"label_overlay.png": image_to_numpy(response.overlay)}

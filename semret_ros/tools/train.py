@@ -27,10 +27,12 @@ import open_clip
 import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from semret_ros.core.embedder import VOCABULARY_FILE, save_clip_dir
+from semret_ros.core.embedder import CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILE, save_clip_dir
+from semret_ros.core.object_guided import ObjectGuidedEncoder, RegionPreprocess, save_object_guided
 from semret_ros.shapes import world as sw
 
 DEFAULT_MODEL_CFG: dict = {
@@ -56,6 +58,17 @@ OFF_PALETTE_SHARE = 0.6
 """Share of shape-only samples whose object is painted in an unnamed colour."""
 BACKGROUND_SHARE = 0.12
 """Share of samples that are background regions captioned "background", "texture", ..."""
+RECIPES = (1, 2)
+"""Shapes-world data recipes. 1: the original crops and captions. 2: domain-randomised crops
+(anti-aliasing, lighting, fine textures, more background families, scale, camera blur, noise,
+gain, JPEG, wider crop padding), masks shifted without wrap-around, twice as many caption
+wordings, background regions also captioned with the generic query negatives, and hard
+negatives: samples come in pairs whose objects share exactly one
+attribute, their combinations cycling through every seen pair equally often."""
+OBJECTIVES = ("clip", "object-guided")
+"""clip: the open_clip model itself (both towers, or the image tower alone with --lock-text).
+object-guided: seed 004's region encoder (:mod:`semret_ros.core.object_guided`) on the frozen
+--init CLIP, trained against its frozen text tower (LiT-style)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,31 +90,69 @@ class ShapesDataset(Dataset):
     """Masked crops of shapes-world objects (seen combos only) with random captions.
 
     Sample ``i`` is drawn from ``default_rng((seed, i))``: any worker, any resume point, same data.
+    ``recipe`` is one of :data:`RECIPES`.
     """
 
-    def __init__(self, seed: int, length: int, preprocess: object) -> None:
+    def __init__(self, seed: int, length: int, preprocess: object, recipe: int = 1) -> None:
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe}")
         self.seed, self.length, self.preprocess = seed, length, preprocess
+        self.recipe = recipe
 
     def __len__(self) -> int:
         return self.length
 
+    def paired_combo(self, index: int) -> tuple[str, str]:
+        """Recipe 2's target of sample ``index``: pair k = index // 2 takes the k-th entry of a
+        per-cycle permutation of the seen combos; its second sample swaps the colour or the
+        shape for another that keeps the pair seen (a negative that differs in one word)."""
+        pair = index // 2
+        cycle, slot = divmod(pair, len(sw.SEEN_COMBOS))
+        order = np.random.default_rng((self.seed, cycle, 0xC0B)).permutation(len(sw.SEEN_COMBOS))
+        color, shape = sw.SEEN_COMBOS[int(order[slot])]
+        if index % 2 == 0:
+            return color, shape
+        rng = np.random.default_rng((self.seed, pair, 0x5A1))
+        keep_color = bool(rng.random() < 0.5)
+        partners = [
+            c
+            for c in sw.SEEN_COMBOS
+            if (c[0] == color) != (c[1] == shape) and (c[0] == color) == keep_color
+        ]
+        return partners[int(rng.integers(len(partners)))]
+
     def __getitem__(self, index: int) -> Sample:
         rng = np.random.default_rng((self.seed, index))
+        varied = self.recipe == 2
         if rng.random() < BACKGROUND_SHARE:
-            crop = sw.sample_background_crop(rng)
-            text = sw.BACKGROUND_TEMPLATES[int(rng.integers(len(sw.BACKGROUND_TEMPLATES)))]
+            crop = sw.sample_background_crop(rng, padding=_padding(varied), randomize=varied)
+            captions = sw.GENERIC_TEMPLATES if varied else sw.BACKGROUND_TEMPLATES
+            text = captions[int(rng.integers(len(captions)))]
             # Indices past every colour and shape: no object caption describes a background.
             key = (len(sw.COLORS) + 1, len(sw.SHAPES))
             return Sample(self.preprocess(Image.fromarray(crop)), text, key, key)
         kind = sw.random_caption_kind(rng)
         off_palette = kind == "shape" and rng.random() < OFF_PALETTE_SHARE
-        crop = sw.sample_crop(rng, which="seen", off_palette=off_palette)
-        text, kind = sw.random_caption(rng, crop.color, crop.shape, kind)
+        crop = sw.sample_crop(
+            rng,
+            which="seen",
+            off_palette=off_palette,
+            combo=self.paired_combo(index) if varied else None,
+            padding=_padding(varied),
+            randomize=varied,
+        )
+        text, kind = sw.random_caption(rng, crop.color, crop.shape, kind, varied=varied)
         # An off-palette colour gets an index of its own: no colour caption describes it.
         c = len(sw.COLORS) if crop.color is None else list(sw.COLORS).index(crop.color)
         s = sw.SHAPES.index(crop.shape)
         key = (c if kind != "shape" else WILDCARD, s if kind != "color" else WILDCARD)
         return Sample(self.preprocess(Image.fromarray(crop.crop)), text, (c, s), key)
+
+
+def _padding(varied: bool) -> tuple[float, float]:
+    """Crop padding range: recipe 2 widens it around the embedder's 0.1, as region boxes
+    (fragments, bleeding) jitter the crop at query time."""
+    return (0.0, 0.3) if varied else (0.05, 0.2)
 
 
 class CaptionFolderDataset(Dataset):
@@ -280,6 +331,65 @@ def load_model_cfg(spec: str | Path | dict | None) -> dict:
     return cfg
 
 
+def init_from(model: torch.nn.Module, model_cfg: dict, folder: Path) -> dict:
+    """Load a local-dir model folder's weights into ``model`` (cast to its precision) and
+    return the folder's architecture, which must be ``model_cfg``: fine-tuning starts here."""
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise SystemExit(f"--init: {folder} needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    folder_cfg = json.loads(config_path.read_text(encoding="utf-8"))["model_cfg"]
+    if folder_cfg != model_cfg:
+        raise SystemExit(f"--init: {folder}'s architecture differs from --model-config")
+    state = load_file(str(weights_path))
+    reference = model.state_dict()
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+    return folder_cfg
+
+
+class ObjectGuidedClip(torch.nn.Module):
+    """The training view of the object-guided objective: ``encode_image`` is the region
+    encoder on (4, S, S) inputs, ``encode_text`` the frozen CLIP's, with a temperature of its
+    own (started at the CLIP's). The CLIP stays in eval mode: its trunk's batch-norm
+    statistics are part of what the encoder builds on."""
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.clip = clip.requires_grad_(False).eval()
+        self.encoder = ObjectGuidedEncoder(clip.visual, int(clip.text_projection.shape[1]))
+        self.logit_scale = torch.nn.Parameter(clip.logit_scale.detach().clone())
+
+    def train(self, mode: bool = True) -> ObjectGuidedClip:
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def encode_image(self, regions: torch.Tensor) -> torch.Tensor:
+        return self.encoder(regions)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens)
+
+
+def apply_objective(
+    model: torch.nn.Module, preprocess: object, objective: str, lock_text: bool
+) -> tuple[torch.nn.Module, object]:
+    """The module to train and its sample preprocess for ``objective`` (see OBJECTIVES).
+
+    ``lock_text`` freezes everything of a CLIP but its image tower and temperature, so an
+    image tower trains against a fixed text space (the fair baseline of the object-guided
+    encoder, which always trains against the frozen text tower).
+    """
+    if objective == "object-guided":
+        side = model.visual.image_size
+        side = side[0] if isinstance(side, tuple) else side
+        return ObjectGuidedClip(model), RegionPreprocess(preprocess, int(side))
+    if lock_text:
+        for name, param in model.named_parameters():
+            if not name.startswith("visual.") and name != "logit_scale":
+                param.requires_grad_(False)
+    return model, preprocess
+
+
 def build_model(model_cfg: dict) -> tuple[torch.nn.Module, object, object]:
     """(model, preprocess, tokenizer) for a custom config; training uses the eval preprocess
     because any augmentation that shifts colours would corrupt the colour labels."""
@@ -306,8 +416,9 @@ def export_local_dir(model: torch.nn.Module, model_cfg: dict, out_dir: Path, fp1
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW without decay on gains, biases and the temperature (decaying those only hurts)."""
-    params = list(model.parameters())
+    """AdamW without decay on gains, biases and the temperature (decaying those only hurts);
+    frozen parameters are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(
         [
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
@@ -351,6 +462,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path, help="local-dir output folder")
     p.add_argument("--data", default="shapes", help="'shapes' or a .csv/.jsonl file or folder")
     p.add_argument("--model-config", default=None, help="open_clip model config JSON")
+    p.add_argument(
+        "--recipe", type=int, choices=RECIPES, default=1, help="shapes data recipe (see RECIPES)"
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this local-dir model folder's weights (same architecture)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="clip",
+        help="what to train (see OBJECTIVES); object-guided needs --init (the frozen CLIP) "
+        "and writes an encoder folder for clip.region_encoder",
+    )
+    p.add_argument(
+        "--lock-text",
+        action="store_true",
+        help="clip objective: train the image tower only, against the frozen text tower",
+    )
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -378,11 +510,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--steps must be >= 1 and --batch-size >= 2")
     if args.resume and args.checkpoint_dir is None:
         raise SystemExit("--resume needs --checkpoint-dir")
+    if args.objective == "object-guided" and args.init is None and not args.resume:
+        raise SystemExit("--objective object-guided needs --init (the CLIP model it builds on)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model_cfg = load_model_cfg(args.model_config)
     model, preprocess, tokenizer = build_model(model_cfg)
+    if args.init is not None and not args.resume:
+        model_cfg = init_from(model, model_cfg, args.init)
+    model, preprocess = apply_objective(model, preprocess, args.objective, args.lock_text)
     opt = _optimizer(model, args.lr, args.weight_decay)
     start, history = 0, []
     if args.resume:
@@ -392,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model_cfg = ckpt["model_cfg"]
         model, preprocess, tokenizer = build_model(model_cfg)
+        model, preprocess = apply_objective(model, preprocess, args.objective, args.lock_text)
         model.load_state_dict(ckpt["model"])
         opt = _optimizer(model, args.lr, args.weight_decay)
         opt.load_state_dict(ckpt["optimizer"])
@@ -400,7 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     total = args.steps
     if args.data == "shapes":
-        dataset: Dataset = ShapesDataset(args.seed, total * args.batch_size, preprocess)
+        dataset: Dataset = ShapesDataset(
+            args.seed, total * args.batch_size, preprocess, args.recipe
+        )
     else:
         dataset = CaptionFolderDataset(
             Path(args.data), args.seed, total * args.batch_size, preprocess
@@ -456,8 +596,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
     bar.close()
     model.eval()
-    export_local_dir(model, model_cfg, args.output, args.fp16)
-    if args.data == "shapes":
+    if isinstance(model, ObjectGuidedClip):
+        save_object_guided(model.encoder, args.output)
+    else:
+        export_local_dir(model, model_cfg, args.output, args.fp16)
+    if args.data == "shapes" and not isinstance(model, ObjectGuidedClip):
         # What the model knows travels with it: ~/describe's default candidate names.
         names = [f"{color} {shape}" for color, shape in sw.ALL_COMBOS]
         (args.output / VOCABULARY_FILE).write_text("\n".join(names) + "\n")
