@@ -86,7 +86,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         low=0.0,
         high=3600.0,
     ),
-    _spec("store_size", 10, "Processed frames kept in memory for the services.", low=1, high=1000),
+    _spec(
+        "store_size",
+        10,
+        "Processed frames kept in memory for the services; ~/query's search_frames looks "
+        "back over at most this many.",
+        low=1,
+        high=1000,
+    ),
     _spec(
         "standing_queries",
         [],

@@ -65,6 +65,7 @@ from semret_ros.shapes.world import (
     query_phrase,
     render_depth,
 )
+from semret_ros.tools.cli import add_clip_arguments
 
 GROUPS: tuple[str, ...] = ("seen", "held_out")
 MASK_MODES = ("superpixel", "gt", "sam2")
@@ -501,14 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Sam2Config().points_per_side,
         help="SAM2 point grid (cost grows with its square)",
     )
-    p.add_argument("--clip-model", default=clip_defaults.model_name)
-    p.add_argument(
-        "--clip-pretrained",
-        default=clip_defaults.pretrained,
-        help="weights: local-dir:DIR, a checkpoint file, an open_clip tag or 'random' "
-        "(default: the embedded shapes-world model)",
-    )
-    p.add_argument("--device", default="cpu", help="torch device for CLIP and SAM2")
+    add_clip_arguments(p, device_help="torch device for CLIP and SAM2")
     p.add_argument(
         "--global-weight",
         type=float,

@@ -39,6 +39,7 @@ from semret_ros.core.localize import (
 from semret_ros.core.metrics import semantic_localization
 from semret_ros.core.scoring import MODES, QueryConfig, check_phrases
 from semret_ros.core.viz import colorize, heatmap_overlay, save_png
+from semret_ros.tools.cli import add_clip_arguments
 
 PROG = "semret-localize"
 ADDMAP_ALPHA = 0.3
@@ -49,7 +50,7 @@ METRIC_KEYS = ("Rsu", "Ras", "Rda", "Rmi")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    clip_defaults, query_defaults = ClipConfig(), QueryConfig()
+    query_defaults = QueryConfig()
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Semantic localization of a large image: score multi-scale sliding windows "
@@ -106,14 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="median kernel / longer image side (default 251/6105, the seed's; 0: off)",
     )
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per batch")
-    p.add_argument("--clip-model", default=clip_defaults.model_name)
-    p.add_argument(
-        "--clip-pretrained",
-        default=clip_defaults.pretrained,
-        help="weights: local-dir:DIR, a checkpoint file, an open_clip tag or 'random' "
-        "(default: the embedded shapes-world model)",
-    )
-    p.add_argument("--device", default="cpu", help="torch device for CLIP")
+    add_clip_arguments(p, device_help="torch device for CLIP")
     p.add_argument(
         "--query-mode",
         choices=MODES,
