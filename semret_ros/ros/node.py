@@ -817,14 +817,18 @@ def _fill_query_images(
     holds it in that form.
     """
     header = response.header
-    similarity = resize(result.similarity, scale)
-    mask = resize(result.mask, scale)
+    similarity = (
+        resize(result.similarity, scale)
+        if request.want_similarity or request.want_overlay
+        else None
+    )
     if request.want_similarity:
         if request.compress_images:
             response.similarity_png = similarity_to_png(similarity, header)
         else:
             response.similarity = numpy_to_image(similarity, "32FC1", header)
     if request.want_mask:
+        mask = resize(result.mask, scale)
         if request.compress_images:
             response.mask_png = mask_to_png(mask, header)
         else:
