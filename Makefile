@@ -24,6 +24,19 @@ MODEL_STAGE1_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
 MODEL_ARGS ?= --model-config semret_ros/models/shapes_tiny.json --init $(BUILD)/model_stage1 \
   --output semret_ros/models/shapes_default --recipe 2 --steps 400 --batch-size 128 --lr 5e-4 \
   --warmup 20 --seed 1 --workers 2 --threads 1 --eval-every 200 --eval-crops 200 --fp16
+# Stage 3 (CLIC, seed 002): the dense head on the frozen stage-2 model, from captioned whole
+# scenes without masks, written into the model folder as dense_head.safetensors.
+MODEL_CLIC_ARGS ?= --objective clic --init semret_ros/models/shapes_default \
+  --output semret_ros/models/shapes_default --scenes 1000 --batch-size 32 \
+  --captions-per-image 3 --steps 600 --lr 1e-3 --warmup 30 --weight-decay 0.05 --seed 0 \
+  --threads 1 --eval-every 100 --eval-scenes 20 --save-every 50 \
+  --checkpoint-dir $(BUILD)/clic --cache-dir $(BUILD)/clic/cache
+# `make sam2-model` re-trains the shipped small SAM2 (semret_ros/models/sam2_shapes_default, see
+# its MODEL_CARD.md) from its seed; an interrupted run continues from $(BUILD)/sam2_model.
+SAM2_MODEL_ARGS ?= --output $(BUILD)/sam2_model \
+  --export semret_ros/models/sam2_shapes_default/sam2_shapes.pt --steps 3000 --images 2 \
+  --prompts 16 --lr 1e-3 --warmup 50 --focal-weight 1 --seed 0 --threads 1 --workers 1 \
+  --save-every 50 --eval-every 250 --eval-scenes 10
 DEMO_ARGS ?=
 
 # ament_index (share dirs, the installed interfaces) and CMake find everything in the venv.
@@ -38,7 +51,7 @@ REQ_HASH := $(shell cat requirements.txt requirements-lock.txt | sha256sum | cut
 STAMP := $(VENV)/.semret-requirements-$(REQ_HASH)
 TORCH_PINS := $(shell grep -E '^(torch|torchvision)==' requirements.txt)
 
-.PHONY: venv build test lint format model demo clean
+.PHONY: venv build test lint format model sam2-model demo clean
 
 venv: $(STAMP)
 
@@ -77,6 +90,11 @@ test: build lint
 model: build
 	$(PY) -m semret_ros.tools.train $(MODEL_STAGE1_ARGS)
 	$(PY) -m semret_ros.tools.train $(MODEL_ARGS)
+	$(PY) -m semret_ros.tools.train $(MODEL_CLIC_ARGS)
+
+sam2-model: build
+	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_MODEL_ARGS) \
+	  $$(test -f $(BUILD)/sam2_model/last.pt && echo --resume)
 
 demo: build
 	$(PY) -m semret_ros.tools.demo $(DEMO_ARGS)

@@ -25,6 +25,7 @@ COMMANDS = (
     "semret_lifecycle_node",
     "semret-query",
     "semret-train",
+    "semret-train-sam2",
     "semret-eval",
     "semret-play",
     "semret-localize",

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import ros_fixtures
 
+from semret_ros.core.image import interior_point
 from semret_ros.shapes.world import generate_scene
-from semret_ros.tools.demo import interior_point, query_plan, region_relevance
+from semret_ros.tools.demo import query_plan, region_relevance
 
 ros_env = ros_fixtures.ros_env  # a ROS domain of this session's own, loopback discovery
 REPO = Path(__file__).resolve().parent.parent

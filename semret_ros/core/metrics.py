@@ -271,6 +271,37 @@ def iou(prediction: np.ndarray, target: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union
 
 
+def best_mask_ious(
+    proposals: Sequence[np.ndarray] | np.ndarray, targets: Sequence[np.ndarray] | np.ndarray
+) -> np.ndarray:
+    """(T,) float: for each target mask, the highest IoU any proposal reaches with it.
+
+    Mask recall at an IoU threshold is ``(best_mask_ious(...) >= threshold).mean()``: the share
+    of objects some proposal outlines that well, whatever else is proposed (class-agnostic
+    proposals are judged by what they find; extra masks cost nothing here). 0 for a target
+    when there are no proposals.
+    """
+    targets = [np.asarray(t, dtype=bool) for t in targets]
+    best = np.zeros(len(targets), dtype=np.float64)
+    if not targets or len(proposals) == 0:
+        return best
+    stack = np.stack([np.asarray(p, dtype=bool) for p in proposals]).reshape(len(proposals), -1)
+    if stack.shape[1] != targets[0].size:
+        raise ValueError(
+            f"proposals: shape {np.asarray(proposals[0]).shape} differs from target shape "
+            f"{targets[0].shape}"
+        )
+    areas = stack.sum(axis=1)
+    for index, target in enumerate(targets):
+        flat = target.reshape(-1)
+        if flat.shape[0] != stack.shape[1]:
+            raise ValueError(f"targets: shape {target.shape} differs from the proposals'")
+        inside = stack[:, flat].sum(axis=1)
+        union = areas + np.count_nonzero(flat) - inside
+        best[index] = float(np.max(inside / np.maximum(union, 1)))
+    return best
+
+
 def mean_iou(
     prediction: np.ndarray, target: np.ndarray, ignore_index: int | None = None
 ) -> tuple[float, dict[int, float]]:

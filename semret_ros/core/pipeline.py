@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from semret_ros.core.dense import MaskFreeConfig, cell_ids
 from semret_ros.core.depth import DepthFrame, SegmentPosition, align_depth, segment_positions
 from semret_ros.core.embedder import ClipConfig, ClipEmbedder, model_vocabulary
 from semret_ros.core.image import check_image
@@ -57,7 +58,9 @@ _log = logging.getLogger(__name__)
 class PipelineConfig:
     """Everything that decides what a processed frame and an answer look like."""
 
-    segmenter: SuperpixelConfig | Sam2Config = field(default_factory=SuperpixelConfig)
+    segmenter: SuperpixelConfig | Sam2Config | MaskFreeConfig = field(
+        default_factory=SuperpixelConfig
+    )
     clip: ClipConfig = field(default_factory=ClipConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
@@ -77,6 +80,10 @@ DEFAULT_MIN_DEPTH_POINTS = 20
 class SemanticPipeline:
     """Turns RGB frames into :class:`SemanticFrame` records and answers phrases against them.
 
+    ``segmenter`` None is mask-free mode (``segmenter.type: dense``): a frame's regions are
+    the cells of its dense feature grid (``SemanticFrame.grid_shape``), and the same
+    ``query``/``label``/``describe`` answer from them (see ``scoring.query_frame``).
+
     Thread safety: ``process`` may run on one thread while ``query``/``label``/``describe``
     run on others; they share only the embedder, whose text cache is locked, and frames,
     which are never mutated after ``process`` returns them.
@@ -84,7 +91,7 @@ class SemanticPipeline:
 
     def __init__(
         self,
-        segmenter: Segmenter,
+        segmenter: Segmenter | None,
         embedder: ClipEmbedder,
         refine: RefineConfig | None = None,
         query: QueryConfig | None = None,
@@ -122,6 +129,8 @@ class SemanticPipeline:
         no per-region full-size mask.
         """
         image = check_image(image)
+        if self.segmenter is None:
+            return self._process_mask_free(image, stamp_ns, frame_id, depth)
         instance_ids, scores = assign_proposals(
             self.segmenter.segment(image), self.refine.min_area, image.shape[:2]
         )
@@ -154,6 +163,34 @@ class SemanticPipeline:
             model=self.embedder.model_name,
             depth=depth,
             positions=positions,
+        )
+
+    def _process_mask_free(
+        self, image: np.ndarray, stamp_ns: int, frame_id: str, depth: DepthFrame | None
+    ) -> SemanticFrame:
+        """A frame whose regions are the dense grid's cells (no segmenter, no merging).
+
+        Cells keep their own features (no global blend): mixing the scene into every cell
+        would flatten exactly the contrast a mask-free answer is drawn from. Cells get no 3D
+        positions; the depth image is kept for the answers' point clouds.
+        """
+        grid, global_embedding = self.embedder.embed_dense(image)
+        rows, cols, dim = grid.shape
+        instance_ids = cell_ids(image.shape[0], image.shape[1], (rows, cols))
+        bboxes, areas = region_stats(instance_ids, rows * cols)
+        return SemanticFrame(
+            stamp_ns=int(stamp_ns),
+            frame_id=frame_id,
+            image=image,
+            instance_ids=instance_ids,
+            embeddings=grid.reshape(rows * cols, dim),
+            global_embedding=np.asarray(global_embedding, dtype=np.float32),
+            scores=np.ones(rows * cols, np.float32),
+            bboxes=bboxes,
+            areas=areas,
+            model=self.embedder.model_name,
+            depth=None if depth is None else align_depth(depth, image.shape[1], image.shape[0]),
+            grid_shape=(rows, cols),
         )
 
     def _negative_embeddings(
@@ -196,6 +233,7 @@ class SemanticPipeline:
             max_results=config.max_results if max_results is None else max_results,
             mode=config.mode,
             scale=config.contrast_scale,
+            normalize=config.normalize,
         )
 
     def query_recent(
@@ -257,6 +295,7 @@ class SemanticPipeline:
             threshold=config.threshold if threshold is None else threshold,
             mode=config.mode,
             scale=config.contrast_scale,
+            normalize=config.normalize,
         )
 
     def region_labels(self, frame: SemanticFrame, results: Sequence[QueryResult]) -> list[str]:
@@ -286,20 +325,25 @@ class SemanticPipeline:
 
         With SAM2 the prompt goes to its image predictor (a new, precise mask). With the
         superpixel segmenter the prompt selects regions of the frame's own refined id image,
-        the same regions the user sees in the overlay, at no segmentation cost.
+        the same regions the user sees in the overlay, at no segmentation cost. In mask-free
+        mode it selects grid cells, described by the mean of their dense features.
         """
         words = self.vocabulary if vocabulary is None or len(vocabulary) == 0 else vocabulary
         if not words:
             raise ValueError("vocabulary is empty: pass candidate names or configure a default")
         check_phrases("vocabulary", words)
-        if isinstance(self.segmenter, SuperpixelSegmenter):
+        if frame.grid_shape is not None or isinstance(self.segmenter, SuperpixelSegmenter):
             mask = select_regions(frame.instance_ids, prompt)
         else:
             region = self.segmenter.segment_prompted(frame.image, prompt)
             mask = np.zeros(frame.instance_ids.shape, bool) if region is None else region.mask
         if not mask.any():
             raise ValueError("the prompt selects no region: points/box fall on unsegmented pixels")
-        embedding = self.embedder.embed_masks(frame.image, [mask], frame.global_embedding)[0]
+        if frame.grid_shape is not None:
+            # Mask-free: the prompted cells, described by their own dense features.
+            embedding = frame.embeddings[np.unique(frame.instance_ids[mask]) - 1].mean(axis=0)
+        else:
+            embedding = self.embedder.embed_masks(frame.image, [mask], frame.global_embedding)[0]
         config = config or self.query_config
         labels, scores = rank_vocabulary(
             embedding,
@@ -350,8 +394,9 @@ def build_pipeline(config: PipelineConfig) -> SemanticPipeline:
         config.clip.model_name,
         config.clip.pretrained,
     )
+    mask_free = isinstance(config.segmenter, MaskFreeConfig)
     return SemanticPipeline(
-        build_segmenter(config.segmenter),
+        None if mask_free else build_segmenter(config.segmenter),
         ClipEmbedder(config.clip),
         refine=config.refine,
         query=config.query,

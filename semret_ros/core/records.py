@@ -123,6 +123,11 @@ class SemanticFrame:
     positions: tuple[SegmentPosition | None, ...] = ()
     """Per region (row order), its 3D position from ``depth`` (None: too few valid depth
     points); empty without depth."""
+    grid_shape: tuple[int, int] | None = None
+    """Mask-free frames (``segmenter.type: dense``): the regions are the cells of this (h, w)
+    dense feature grid, row-major (``instance_ids`` is ``dense.cell_ids``), and answers
+    upsample the cells' relevance bicubically instead of painting it per region. None: the
+    regions are segments."""
 
     @property
     def num_regions(self) -> int:
@@ -155,6 +160,9 @@ class QueryResult:
     """HxW bool, similarity >= threshold."""
     matches: list[Match]
     """Regions with relevance >= threshold, best first, at most max_results."""
+    regions: np.ndarray | None = None
+    """Mask-free frames: HxW int32 image of the mask's connected regions, the ids of
+    ``matches`` (0 outside the mask). None: match ids are the frame's ``instance_ids``."""
 
 
 @dataclass

@@ -33,6 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from semret_ros.core.image import check_instance_ids
@@ -58,6 +59,10 @@ class QueryConfig:
     threshold: float = 0.5
     max_results: int = 10
     contrast_scale: float = 10.0
+    normalize: bool = False
+    """Min-max normalise each phrase's relevance over the frame's regions (seed 003): the most
+    relevant region gets 1 and the least 0, so the threshold becomes relative to the frame
+    and the best region always matches. Off by default: an absent object should not match."""
 
     def __post_init__(self) -> None:
         self.negatives = tuple(self.negatives)
@@ -344,6 +349,82 @@ def similarity_image(instance_ids: np.ndarray, relevance: np.ndarray) -> np.ndar
     return _lookup(instance_ids, np.clip(values, 0.0, 1.0), 0.0)
 
 
+def normalize_relevance(relevance: np.ndarray) -> np.ndarray:
+    """Min-max normalise relevance over regions (axis 0), per phrase (seed 003).
+
+    A phrase whose relevance is the same everywhere carries no information about where it
+    is, so it becomes 0 everywhere rather than a division by zero.
+    """
+    values = np.asarray(relevance, dtype=np.float32)
+    if values.shape[0] == 0:
+        return values
+    low, high = values.min(axis=0), values.max(axis=0)
+    span = high - low
+    scaled = np.divide(values - low, span, out=np.zeros_like(values), where=span > 1e-12)
+    return np.clip(scaled, 0.0, 1.0)
+
+
+def upsample_cells(
+    values: np.ndarray, grid_shape: tuple[int, int], height: int, width: int
+) -> np.ndarray:
+    """(N,) or (N, L) per-cell values of an (h, w) grid, bicubically upsampled to HxW(xL).
+
+    Bicubic (seed 003) rather than nearest, so a mask follows a smooth relevance surface
+    instead of the cells' staircase. float32; cubic overshoot is left to the caller to clip.
+    """
+    rows, cols = grid_shape
+    grid = np.asarray(values, dtype=np.float32).reshape(rows, cols, -1)
+    out = np.stack(
+        [
+            cv2.resize(grid[:, :, k], (width, height), interpolation=cv2.INTER_CUBIC)
+            for k in range(grid.shape[2])
+        ],
+        axis=-1,
+    )
+    return out[:, :, 0] if np.ndim(values) == 1 else out
+
+
+def _connected_matches(
+    similarity: np.ndarray, mask: np.ndarray, text: str, max_results: int
+) -> tuple[np.ndarray, list[Match]]:
+    """The mask's 8-connected regions as matches, ranked by their mean similarity.
+
+    Returns the HxW int32 image of the regions renumbered best first (1 = best) and the
+    matches (at most ``max_results``, 0 = all); regions past ``max_results`` stay in the
+    image with their ids, so it still covers the whole mask.
+    """
+    count, components, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    if count <= 1:
+        return np.zeros(mask.shape, np.int32), []
+    sums = np.bincount(components.reshape(-1), similarity.reshape(-1), minlength=count)[1:]
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    means = sums / areas
+    order = np.argsort(-means, kind="stable")
+    renumber = np.zeros(count, np.int32)
+    renumber[order + 1] = np.arange(1, count, dtype=np.int32)
+    regions = renumber[components]
+    shown = order[:max_results] if max_results else order
+    matches = [
+        Match(
+            id=rank + 1,
+            score=float(np.clip(means[i], 0.0, 1.0)),
+            bbox=tuple(
+                int(v)
+                for v in stats[
+                    i + 1,
+                    [cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT],
+                ]
+            ),
+            area=int(areas[i]),
+            label=text,
+        )
+        for rank, i in enumerate(shown)
+    ]
+    return regions, matches
+
+
 def query_frame(
     frame: SemanticFrame,
     text: str,
@@ -353,38 +434,54 @@ def query_frame(
     max_results: int = 10,
     mode: str = "contrastive",
     scale: float = 10.0,
+    normalize: bool = False,
 ) -> QueryResult:
     """Score every region of a stored frame against one phrase.
 
     ``mask`` holds every region that passes the threshold (it is not cut to
     ``max_results``) and never the no-region pixels, even at threshold 0; ``matches`` are
     the passing regions best first (ties by id), at most ``max_results`` (0 = no limit).
+    ``normalize``: min-max normalise the relevance first (:func:`normalize_relevance`).
+
+    On a mask-free frame (``frame.grid_shape``) the regions are feature cells: the
+    similarity is their relevance upsampled bicubically, the mask is the similarity at or
+    above the threshold, and the matches are the mask's connected regions ranked by their
+    mean similarity (see ``QueryResult.regions``).
     """
     threshold = check_threshold(threshold)
     check_max_results(max_results)
     relevance, margin = _query_scores(
         frame.embeddings, query_embedding, negative_embeddings, mode, scale
     )
-    similarity = similarity_image(frame.instance_ids, relevance)
-    passing = relevance >= threshold
-    # Pixels without a region have similarity 0, so only threshold 0 needs them excluded.
-    mask = similarity >= threshold if threshold > 0 else frame.instance_ids > 0
-
-    order = np.argsort(-relevance, kind="stable")
-    order = order[passing[order]]
-    if max_results:
-        order = order[:max_results]
-    matches = [
-        Match(
-            id=int(i) + 1,
-            score=float(relevance[i]),
-            bbox=tuple(int(v) for v in frame.bboxes[i]),
-            area=int(frame.areas[i]),
-            label=text,
-            position=frame.positions[i] if frame.positions else None,
+    if normalize:
+        relevance = normalize_relevance(relevance)
+    if frame.grid_shape is not None:
+        similarity = np.clip(
+            upsample_cells(relevance, frame.grid_shape, frame.height, frame.width), 0.0, 1.0
         )
-        for i in order
-    ]
+        mask = similarity >= threshold
+        regions, matches = _connected_matches(similarity, mask, text, max_results)
+    else:
+        regions = None
+        similarity = similarity_image(frame.instance_ids, relevance)
+        passing = relevance >= threshold
+        # Pixels without a region have similarity 0, so only threshold 0 needs them excluded.
+        mask = similarity >= threshold if threshold > 0 else frame.instance_ids > 0
+        order = np.argsort(-relevance, kind="stable")
+        order = order[passing[order]]
+        if max_results:
+            order = order[:max_results]
+        matches = [
+            Match(
+                id=int(i) + 1,
+                score=float(relevance[i]),
+                bbox=tuple(int(v) for v in frame.bboxes[i]),
+                area=int(frame.areas[i]),
+                label=text,
+                position=frame.positions[i] if frame.positions else None,
+            )
+            for i in order
+        ]
     return QueryResult(
         text=text,
         threshold=float(threshold),
@@ -393,6 +490,7 @@ def query_frame(
         similarity=similarity,
         mask=mask,
         matches=matches,
+        regions=regions,
     )
 
 
@@ -404,6 +502,7 @@ def label_frame(
     threshold: float = 0.5,
     mode: str = "contrastive",
     scale: float = 10.0,
+    normalize: bool = False,
 ) -> LabelResult:
     """Give every region at most one of several labels (the seed's multi-phrase mode).
 
@@ -413,7 +512,10 @@ def label_frame(
     threshold. So a region that looks generic (closer to "object" or "texture" than to any
     label) stays unlabelled instead of being forced into the least bad label, and a label
     is present exactly where a query for it would have matched and no other label matched
-    better.
+    better. ``normalize`` min-max normalises each label's relevance first, as a query does.
+
+    On a mask-free frame the same rule runs per pixel, on the labels' relevance and margins
+    upsampled as a query's similarity is, so a label covers what its query's mask would.
     """
     check_phrases("labels", labels)
     threshold = check_threshold(threshold)
@@ -426,8 +528,26 @@ def label_frame(
         )
     scores, margin = _phrase_scores(frame.embeddings, label_rows, negative_embeddings, mode, scale)
     relevance = scores.astype(np.float32)
-    region_labels = choose_labels(relevance, margin, threshold).astype(np.uint16)
-    label_image = _lookup(frame.instance_ids, region_labels, 0)
+    if normalize:
+        relevance = normalize_relevance(relevance)
+    if frame.grid_shape is not None:
+        height, width = frame.height, frame.width
+        pixels = upsample_cells(relevance, frame.grid_shape, height, width).reshape(
+            height * width, -1
+        )
+        # Margins are cosine differences in [-2, 2]; -inf (no finite feature) stays lowest.
+        margins = np.nan_to_num(margin, nan=-2.0, posinf=2.0, neginf=-2.0)
+        pixel_margins = upsample_cells(margins, frame.grid_shape, height, width)
+        label_image = (
+            choose_labels(
+                np.clip(pixels, 0.0, 1.0), pixel_margins.reshape(height * width, -1), threshold
+            )
+            .astype(np.uint16)
+            .reshape(height, width)
+        )
+    else:
+        region_labels = choose_labels(relevance, margin, threshold).astype(np.uint16)
+        label_image = _lookup(frame.instance_ids, region_labels, 0)
     best = relevance.max(axis=0) if relevance.shape[0] else np.zeros(len(labels), np.float32)
     return LabelResult(
         labels=list(labels),

@@ -11,21 +11,25 @@ machines; SAM2 is used when a checkpoint file is configured.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
+import functools
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from semret_ros.core.image import check_image
 from semret_ros.core.records import Prompt, Region, Segmentation, bbox_of_mask
 
 SUPERPIXEL_METHODS = ("felzenszwalb", "slic")
+SAM2_PROMPTS = ("superpixel", "grid")
+SAM2_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -73,8 +77,8 @@ class Sam2Config:
     """SAM2 automatic mask generation (and prompted segmentation with the same weights).
 
     Threshold defaults are sam2's own, tuned for real weights; random weights need them at 0.
-    ``points_per_side`` is 16 rather than sam2's 32 because the decoder cost grows with its
-    square (~25-40 s per 640x480 frame on 2 CPU cores at 16, ~4x that at 32).
+    ``points_per_side`` is 16 rather than sam2's 32 because the stock generator's cost grows
+    with its square (~25-40 s per 640x480 frame on 2 CPU cores at 16, ~4x that at 32).
     """
 
     model_cfg: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -91,9 +95,26 @@ class Sam2Config:
     min_mask_region_area: int = 0
     """Removes small islands and holes in each mask (needs OpenCV); 0 disables it."""
     device: str = "cpu"
-    """Torch device; on ``cuda`` inference runs under bfloat16 autocast as sam2 recommends."""
+    """Torch device."""
+    precision: str = "auto"
+    """Autocast dtype of inference: ``auto`` (bfloat16 on cuda as sam2 recommends, float32 on
+    cpu), ``fp32`` (no autocast), ``bf16`` (cpu or cuda) or ``fp16`` (cuda only)."""
+    prompts: str = "superpixel"
+    """How automatic masks are prompted. ``superpixel``: the project's path, one point inside
+    each superpixel plus a grid of ``points_per_side // 2`` per side for what superpixels
+    merge, largest regions first, prompts inside an already accepted mask (under half the
+    frame) dropped before decoding, one mask per prompt (the best of sam2's three candidates
+    by predicted IoU), then sam2's own predicted-IoU, stability and box-NMS filtering.
+    ``grid``: sam2's stock ``SAM2AutomaticMaskGenerator`` on a ``points_per_side`` grid (three
+    candidate masks per point)."""
 
     def __post_init__(self) -> None:
+        if self.prompts not in SAM2_PROMPTS:
+            raise ValueError(f"prompts must be one of {SAM2_PROMPTS}, got {self.prompts!r}")
+        if self.precision not in SAM2_PRECISIONS:
+            raise ValueError(f"precision must be one of {SAM2_PRECISIONS}, got {self.precision!r}")
+        if self.precision == "fp16" and not str(self.device).startswith("cuda"):
+            raise ValueError(f"precision 'fp16' needs a cuda device, got device {self.device!r}")
         if self.points_per_side < 1:
             raise ValueError(f"points_per_side must be >= 1, got {self.points_per_side!r}")
         if self.points_per_batch < 1:
@@ -195,11 +216,6 @@ def select_regions(labels: np.ndarray, prompt: Prompt, box_fraction: float = 0.5
     return np.isin(labels, sorted(selected))
 
 
-def _image_key(image: np.ndarray) -> tuple[tuple[int, ...], bytes]:
-    """Cheap identity of an image's content (~1 ms at 640x480) for SAM2's embedding cache."""
-    return image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest()
-
-
 class SuperpixelSegmenter:
     """Region proposals from felzenszwalb or slic; no weights, deterministic, CPU only."""
 
@@ -260,12 +276,133 @@ class SuperpixelSegmenter:
         return Region.from_mask(mask, 1.0)
 
 
-def _sam2_config_names() -> list[str]:
-    spec = importlib.util.find_spec("sam2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the sam2 package is not installed (pip install sam2==1.1.0)")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    return sorted(str(p.relative_to(root)) for p in (root / "configs").rglob("*.yaml"))
+def prompt_points(labels: np.ndarray, grid_side: int) -> np.ndarray:
+    """(P, 2) float (x, y) point prompts for automatic masks from a label image.
+
+    First the most interior pixel of every labelled region (the farthest from its edge and the
+    image border, so the point lies inside even a concave region), largest region first; then
+    a ``grid_side`` x ``grid_side`` grid laid out as sam2's ``build_point_grid``, the fallback
+    for objects the regions merged into their surroundings.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty HxW array, got shape {labels.shape}")
+    if grid_side < 0:
+        raise ValueError(f"grid_side must be >= 0, got {grid_side!r}")
+    height, width = labels.shape
+    edges = np.zeros(labels.shape, bool)
+    across = labels[:, 1:] != labels[:, :-1]
+    edges[:, 1:] |= across
+    edges[:, :-1] |= across
+    down = labels[1:] != labels[:-1]
+    edges[1:] |= down
+    edges[:-1] |= down
+    edges[[0, -1], :] = True
+    edges[:, [0, -1]] = True
+    distance = cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, 3)
+    present = np.flatnonzero(np.bincount(labels.ravel().astype(np.int64))[1:]) + 1
+    areas = np.bincount(labels.ravel().astype(np.int64))[present]
+    rows_cols = np.array(ndimage.maximum_position(distance, labels, present), np.float64)
+    interior = rows_cols.reshape(-1, 2)[np.argsort(-areas, kind="stable")][:, ::-1]
+    line = (np.arange(grid_side) + 0.5) / max(grid_side, 1)
+    grid_x, grid_y = np.meshgrid(line * width, line * height)
+    grid = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+    return np.concatenate([interior, grid]).astype(np.float64)
+
+
+MAX_COVERING_FRACTION = 0.5
+"""Superpixel-prompted masks: an accepted mask larger than this share of the frame does not
+stop the prompts inside it from being decoded (see ``Sam2Segmenter.segment``)."""
+
+EMBEDDING_CACHE_FRAMES = 3
+"""Images whose SAM2 image features a :class:`Sam2Segmenter` keeps, so that ``~/describe`` on
+one of the last frames processed decodes its prompt without running the image encoder again."""
+
+
+def _pixel_sample(image: np.ndarray) -> bytes:
+    """About 1500 pixels spread over the image (a few microseconds): tells a buffer refilled in
+    place with another picture from the one whose features were kept."""
+    return image[:: max(1, image.shape[0] // 32), :: max(1, image.shape[1] // 48)].tobytes()
+
+
+class ImageFeatures:
+    """SAM2 image-encoder outputs of the last few images, so each image is encoded once.
+
+    The key is the pixel buffer itself: its address, shape and strides, with a weak reference
+    to the array that owns the memory. It costs no pass over the pixels (the per-frame path
+    hashes nothing), a view of the same pixels hits (sam2's generator encodes
+    ``image[0:h, 0:w]``), and an entry whose owner is gone is never hit (its memory may be
+    reused). Frames are not modified once processed (``SemanticPipeline.process`` says so), so
+    the pipeline's describe finds the features its ``process`` computed; a pixel sample also
+    compared on every hit catches a caller who refills one buffer with each new picture.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size!r}")
+        self.size = size
+        self._entries: OrderedDict[tuple[Any, ...], tuple[weakref.ref, bytes, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(image: np.ndarray) -> tuple[tuple[Any, ...], np.ndarray]:
+        owner = image
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        return (image.__array_interface__["data"][0], image.shape, image.strides), owner
+
+    def get(self, image: np.ndarray) -> Any | None:
+        """The features kept for exactly these pixels, or None."""
+        key, owner = self._key(image)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0]() is not owner or entry[1] != _pixel_sample(image):
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[2]
+
+    def put(self, image: np.ndarray, features: Any) -> None:
+        """Keep ``features`` for ``image``, dropping the least recently used beyond ``size``."""
+        key, owner = self._key(image)
+        with self._lock:
+            self._entries[key] = (weakref.ref(owner), _pixel_sample(image), features)
+            self._entries.move_to_end(key)
+            for gone in [k for k, entry in self._entries.items() if entry[0]() is None]:
+                del self._entries[gone]
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@functools.cache
+def _caching_predictor_class() -> type:
+    """``SAM2ImagePredictor`` whose ``set_image`` takes kept features (see
+    :class:`ImageFeatures`) instead of encoding again; built on first use because importing
+    sam2 takes seconds."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    class CachingImagePredictor(SAM2ImagePredictor):
+        def __init__(self, model: Any, features: ImageFeatures, **kwargs: Any) -> None:
+            super().__init__(model, **kwargs)
+            self.kept = features
+
+        def set_image(self, image: np.ndarray) -> None:
+            features = self.kept.get(image)
+            if features is None:
+                super().set_image(image)
+                self.kept.put(image, self._features)
+                return
+            self.reset_predictor()
+            self._features = features
+            self._orig_hw = [image.shape[:2]]
+            self._is_image_set = True
+
+    return CachingImagePredictor
 
 
 class Sam2Segmenter:
@@ -282,15 +419,21 @@ class Sam2Segmenter:
                 "Sam2Config.checkpoint is not set: give the path of a SAM2 checkpoint file "
                 "(e.g. sam2.1_hiera_tiny.pt) or None for random weights (tests only)"
             )
-        if checkpoint is not None and not Path(checkpoint).is_file():
+        from semret_ros.core.sam2_model import (
+            build_sam2_model,
+            fit_predictor,
+            resolve_sam2_checkpoint,
+        )
+
+        # A shipped name (shapes_default) brings its own architecture YAML.
+        source = resolve_sam2_checkpoint(checkpoint, config.model_cfg)
+        if source.checkpoint is not None and not Path(source.checkpoint).is_file():
             raise FileNotFoundError(
-                f"SAM2 checkpoint file not found: {checkpoint!r} (expected a file saved as "
-                f"torch.save({{'model': state_dict}}) matching model_cfg {config.model_cfg!r}, "
-                "e.g. sam2.1_hiera_tiny.pt for configs/sam2.1/sam2.1_hiera_t.yaml)"
+                f"SAM2 checkpoint file not found: {source.checkpoint!r} (expected a file saved "
+                f"as torch.save({{'model': state_dict}}) matching model_cfg "
+                f"{source.model_cfg!r}, e.g. sam2.1_hiera_tiny.pt for "
+                "configs/sam2.1/sam2.1_hiera_t.yaml, or 'shapes_default')"
             )
-        names = _sam2_config_names()
-        if config.model_cfg not in names:
-            raise ValueError(f"model_cfg must be one of {names}, got {config.model_cfg!r}")
 
         import torch
 
@@ -302,14 +445,12 @@ class Sam2Segmenter:
             raise ValueError(f"device {config.device!r} requested but CUDA is not available")
 
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
-        from sam2.build_sam import build_sam2
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.config = config
-        self.name = f"sam2:{Path(config.model_cfg).stem}"
+        self.name = f"sam2:{Path(source.model_cfg).stem}"
         self._torch = torch
         self._device = device
-        self.model = build_sam2(config.model_cfg, ckpt_path=checkpoint, device=device)
+        self.model = build_sam2_model(source.model_cfg, source.checkpoint, device=device)
         self._generator = SAM2AutomaticMaskGenerator(
             self.model,
             points_per_side=config.points_per_side,
@@ -320,35 +461,57 @@ class Sam2Segmenter:
             min_mask_region_area=config.min_mask_region_area,
             output_mode="binary_mask",
         )
-        # A second predictor on the same weights: the generator resets its own after each
-        # image, while prompted requests want the last image's embedding kept.
-        self._predictor = SAM2ImagePredictor(self.model)
+        # Every predictor shares one feature cache, so an image is encoded once whichever path
+        # (stock grid, superpixel prompts, prompted describe) meets it first. The generator's
+        # predictor also fills holes and removes islands (min_mask_region_area) in both
+        # automatic paths; prompted requests get sam2's plain predictor behaviour.
+        self.features = ImageFeatures(EMBEDDING_CACHE_FRAMES)
+        predictor = _caching_predictor_class()
+        self._generator.predictor = fit_predictor(
+            predictor(
+                self.model,
+                self.features,
+                max_hole_area=config.min_mask_region_area,
+                max_sprinkle_area=config.min_mask_region_area,
+            ),
+            self.model,
+        )
+        self._predictor = fit_predictor(predictor(self.model, self.features), self.model)
+        self._proposals = SuperpixelSegmenter(SuperpixelConfig())
         self._generate_lock = threading.Lock()
         self._predict_lock = threading.Lock()
-        self._embedded_key: tuple[tuple[int, ...], bytes] | None = None
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
         torch = self._torch
+        precision = self.config.precision
+        if precision == "auto":
+            precision = "bf16" if self._device.type == "cuda" else "fp32"
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            if self._device.type == "cuda":
-                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+            if precision != "fp32":
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+                stack.enter_context(torch.autocast(self._device.type, dtype=dtype))
             yield
 
     def segment(self, image: np.ndarray) -> list[Region]:
-        """Automatic masks (overlapping; refine.assign_pixels resolves overlaps).
+        """Automatic masks (overlapping; refine.assign_pixels resolves overlaps), prompted as
+        ``config.prompts`` says.
 
         Scores are sam2's predicted IoU clipped to [0, 1]; empty or non-finite masks are
-        dropped.
+        dropped. The image's features are kept for ``segment_prompted`` (see
+        :class:`ImageFeatures`).
         """
         image = check_image(image)
         with self._generate_lock, self._inference():
-            annotations = self._generator.generate(image)
+            if self.config.prompts == "grid":
+                annotations = self._generator.generate(image)
+                masks = [np.asarray(a["segmentation"], dtype=bool) for a in annotations]
+                scores = [float(a["predicted_iou"]) for a in annotations]
+            else:
+                masks, scores = self._superpixel_prompted_masks(image)
         regions = []
-        for annotation in annotations:
-            mask = np.asarray(annotation["segmentation"], dtype=bool)
-            score = float(annotation["predicted_iou"])
+        for mask, score in zip(masks, scores, strict=True):
             if not mask.any() or not np.isfinite(score):
                 continue
             regions.append(
@@ -356,11 +519,108 @@ class Sam2Segmenter:
             )
         return regions
 
+    def _superpixel_prompted_masks(self, image: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+        """The ``superpixel`` path: masks and predicted IoUs, best first.
+
+        Why it is cheaper than the stock grid at the same filtering: prompts come from where
+        objects are (superpixels) rather than everywhere; a prompt inside a mask already
+        accepted is dropped before it is decoded; each prompt yields one mask instead of three;
+        and only masks that pass the predicted-IoU threshold are upsampled to full size (the
+        stock generator upsamples, scores and run-length encodes every candidate).
+        """
+        torch = self._torch
+        from sam2.utils.amg import batched_mask_to_box, calculate_stability_score
+        from torchvision.ops.boxes import batched_nms
+
+        config = self.config
+        predictor = self._generator.predictor
+        predictor.set_image(image)
+        height, width = image.shape[:2]
+        # Points from every other pixel: 4x cheaper, and a region too thin to survive that
+        # is too thin to prompt.
+        labels = self._proposals.labels(image)[::2, ::2]
+        points = prompt_points(labels, config.points_per_side // 2) * 2
+        covered = np.zeros((height, width), bool)
+        kept_masks, kept_scores, kept_boxes = [], [], []
+        start = 0
+        while start < len(points):
+            batch = []
+            while start < len(points) and len(batch) < config.points_per_batch:
+                x, y = points[start]
+                start += 1
+                if not covered[int(y), int(x)]:
+                    batch.append((x, y))
+            if not batch:
+                break
+            low_res, scores = self._decode_points(predictor, np.array(batch))
+            if config.pred_iou_thresh > 0.0:
+                keep = scores > config.pred_iou_thresh
+                low_res, scores = low_res[keep], scores[keep]
+            if not len(scores):
+                continue
+            logits = predictor._transforms.postprocess_masks(low_res, (height, width))[:, 0]
+            stability = calculate_stability_score(logits, predictor.mask_threshold, 1.0)
+            masks = logits > predictor.mask_threshold
+            keep = masks.flatten(1).any(1)
+            if config.stability_score_thresh > 0.0:
+                keep &= stability >= config.stability_score_thresh
+            masks, scores = masks[keep], scores[keep]
+            if len(masks):
+                # A mask over half the frame is a background or the whole scene: what lies
+                # on it still needs its own prompts.
+                small = masks.flatten(1).sum(1) <= MAX_COVERING_FRACTION * height * width
+                covered |= masks[small].any(0).cpu().numpy()
+                kept_masks.append(masks.cpu())
+                kept_scores.append(scores.float().cpu())
+                kept_boxes.append(batched_mask_to_box(masks).float().cpu())
+        if not kept_masks:
+            return [], []
+        masks = torch.cat(kept_masks)
+        scores = torch.cat(kept_scores)
+        best = batched_nms(
+            torch.cat(kept_boxes), scores, torch.zeros(len(scores)), config.box_nms_thresh
+        )
+        return [m.numpy() for m in masks[best]], scores[best].tolist()
+
+    def _decode_points(self, predictor: Any, points: np.ndarray) -> tuple[Any, Any]:
+        """Low-resolution mask logits (B, 1, h, w) and predicted IoU (B,) for B single
+        positive points, all decoded in one batch from the predictor's current image features.
+
+        sam2's ``_predict`` without its upsampling of every mask to full size. Each point keeps
+        the best of sam2's three candidates by predicted IoU, as ``segment_prompted`` does.
+        Not the single-mask output: sam2 takes it whenever it is "stable", and it counts an
+        empty mask as perfectly stable, which a weakly trained model often predicts there.
+        """
+        torch = self._torch
+        model = self.model
+        coords = predictor._transforms.transform_coords(
+            torch.as_tensor(points, dtype=torch.float32, device=self._device),
+            normalize=True,
+            orig_hw=predictor._orig_hw[0],
+        )
+        labels = torch.ones((len(points), 1), dtype=torch.int, device=self._device)
+        sparse, dense = model.sam_prompt_encoder(
+            points=(coords[:, None, :], labels), boxes=None, masks=None
+        )
+        features = predictor._features
+        low_res, scores, _, _ = model.sam_mask_decoder(
+            image_embeddings=features["image_embed"][-1:],
+            image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+            repeat_image=len(points) > 1,
+            high_res_features=[level[-1:] for level in features["high_res_feats"]],
+        )
+        best = scores.argmax(dim=1)
+        rows = torch.arange(len(points), device=best.device)
+        return low_res[rows, best][:, None].float(), scores[rows, best].float()
+
     def segment_prompted(self, image: np.ndarray, prompt: Prompt) -> Region | None:
         """The best of sam2's three candidate masks by predicted IoU; None if it is empty.
 
-        The image embedding is cached for the last image, so several prompts on one frame
-        pay for the image encoder once.
+        The image features come from :class:`ImageFeatures` when this image was segmented or
+        prompted recently, so describing a processed frame runs no image encoder.
         """
         image = check_image(image)
         check_prompt(prompt, image.shape[0], image.shape[1])
@@ -371,12 +631,8 @@ class Sam2Segmenter:
         if prompt.box is not None:
             x, y, w, h = prompt.box
             box = np.array([x, y, x + w, y + h], dtype=np.float32)
-        key = _image_key(image)
         with self._predict_lock, self._inference():
-            if key != self._embedded_key:
-                self._embedded_key = None
-                self._predictor.set_image(image)
-                self._embedded_key = key
+            self._predictor.set_image(image)
             masks, ious, _ = self._predictor.predict(
                 point_coords=points, point_labels=labels, box=box, multimask_output=True
             )

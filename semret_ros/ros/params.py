@@ -26,12 +26,19 @@ from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from semret_ros.core.dense import DenseConfig, MaskFreeConfig
 from semret_ros.core.depth import DEFAULT_UNITS_PER_METER
 from semret_ros.core.embedder import ClipConfig
 from semret_ros.core.pipeline import DEFAULT_MIN_DEPTH_POINTS, PipelineConfig
 from semret_ros.core.refine import RefineConfig
+from semret_ros.core.sam2_model import resolve_sam2_checkpoint
 from semret_ros.core.scoring import QueryConfig, check_phrases
-from semret_ros.core.segmenters import Sam2Config, SuperpixelConfig
+from semret_ros.core.segmenters import (
+    SAM2_PRECISIONS,
+    SAM2_PROMPTS,
+    Sam2Config,
+    SuperpixelConfig,
+)
 
 ParamValue = bool | int | float | str | list[str]
 
@@ -174,8 +181,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _spec(
         "segmenter.type",
         "auto",
-        "auto: sam2 when segmenter.sam2.checkpoint is set, else superpixel.",
-        choices=("auto", "superpixel", "sam2"),
+        "auto: sam2 when segmenter.sam2.checkpoint is set, else superpixel. dense: mask-free, "
+        "the regions are the cells of CLIP's dense feature grid (dense.*).",
+        choices=("auto", "superpixel", "sam2", "dense"),
     ),
     _spec(
         "segmenter.superpixel.method",
@@ -228,12 +236,29 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _spec(
         "segmenter.sam2.checkpoint",
         "",
-        "Path of a SAM2 checkpoint file (e.g. sam2.1_hiera_tiny.pt); empty: not configured.",
+        "shapes_default (the shipped small SAM2, trained on the shapes world) or the path of "
+        "a SAM2 checkpoint file (e.g. sam2.1_hiera_tiny.pt); empty: not configured.",
     ),
     _spec(
         "segmenter.sam2.model_cfg",
         _SAM2.model_cfg,
-        "SAM2 config name inside the sam2 package; must match the checkpoint.",
+        "SAM2 config name inside the sam2 package, or a YAML file; must match the checkpoint. "
+        "Ignored with checkpoint shapes_default, which brings its own.",
+    ),
+    _spec(
+        "segmenter.sam2.prompts",
+        _SAM2.prompts,
+        "How automatic masks are prompted. superpixel: one point per superpixel plus a "
+        "points_per_side/2 grid, deduplicated before decoding, one mask per prompt; grid: "
+        "sam2's stock automatic mask generator on a points_per_side grid.",
+        choices=SAM2_PROMPTS,
+    ),
+    _spec(
+        "segmenter.sam2.precision",
+        _SAM2.precision,
+        "Autocast of SAM2 inference: auto (bf16 on cuda, fp32 on cpu), fp32, bf16, or fp16 "
+        "(cuda only).",
+        choices=SAM2_PRECISIONS,
     ),
     _spec(
         "segmenter.sam2.points_per_side",
@@ -330,6 +355,65 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         _CLIP.allow_download,
         "Let open_clip download a tag's weights (robots are usually offline).",
     ),
+    _spec(
+        "clip.region_features",
+        _CLIP.region_features,
+        "A region's own feature: crop (one encoder pass per region), dense (its mask's mean over "
+        "one dense feature grid of the frame: cost flat in the number of regions) or blend "
+        "(clip.dense_weight x dense + the rest x crop).",
+        choices=("crop", "dense", "blend"),
+    ),
+    _spec(
+        "clip.dense_weight",
+        _CLIP.dense_weight,
+        "Weight of the dense feature in clip.region_features blend.",
+        low=0.0,
+        high=1.0,
+    ),
+    # ------------------------------------------------------------------ dense
+    _spec(
+        "dense.attention",
+        _CLIP.dense.attention,
+        "ViT towers: training-free fix of the last attention block for dense features.",
+        choices=("naclip", "sclip", "clearclip"),
+    ),
+    _spec(
+        "dense.input_size",
+        _CLIP.dense.input_size,
+        "Shorter image side (pixels) fed to the tower for dense features; 0: the tower's default "
+        "(ViT: its input side; ResNet: 7.5 x its input side, 480 for the embedded model).",
+        low=0,
+        high=8192,
+    ),
+    _spec(
+        "dense.window",
+        _CLIP.dense.window,
+        "Sliding window side (pixels of the resized image); 0: ViT its input side, ResNet the "
+        "whole image in one pass.",
+        low=0,
+        high=8192,
+    ),
+    _spec(
+        "dense.overlap",
+        _CLIP.dense.overlap,
+        "Fraction of a sliding window shared with its neighbour.",
+        low=0.0,
+        high=0.9,
+    ),
+    _spec(
+        "dense.batch_size",
+        _CLIP.dense.batch_size,
+        "Sliding windows per encoder pass.",
+        low=1,
+        high=4096,
+    ),
+    _spec(
+        "dense.head",
+        _CLIP.dense.head,
+        "Apply the CLIP model folder's learned dense head (dense_head.safetensors, trained by "
+        "semret-train --objective clic) to the dense cells when the folder has one; false: "
+        "the training-free cells.",
+    ),
     # ----------------------------------------------------------------- refine
     _spec(
         "refine.min_area",
@@ -384,6 +468,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         read_only=False,
         low=0.01,
         high=1000.0,
+    ),
+    _spec(
+        "query.normalize",
+        _QUERY.normalize,
+        "Min-max normalise each phrase's relevance over the frame (seed 003): the best region "
+        "always gets 1, so the threshold is relative and an absent object still matches.",
+        read_only=False,
     ),
 )
 
@@ -517,7 +608,8 @@ def _device(values: Mapping[str, ParamValue], name: str) -> str:
 
 
 def segmenter_type(values: Mapping[str, ParamValue]) -> str:
-    """``superpixel`` or ``sam2``; ``auto`` picks sam2 exactly when a checkpoint is configured."""
+    """``superpixel``, ``sam2`` or ``dense``; ``auto`` picks sam2 exactly when a checkpoint is
+    configured."""
     kind = str(values["segmenter.type"])
     if kind == "auto":
         return "sam2" if values["segmenter.sam2.checkpoint"] else "superpixel"
@@ -535,8 +627,9 @@ def missing_model_file(values: Mapping[str, ParamValue]) -> str | None:
     if segmenter_type(values) == "sam2":
         if not checkpoint:
             return "segmenter.sam2.checkpoint: segmenter.type is sam2 but no checkpoint is set"
-        if not Path(checkpoint).expanduser().is_file():
-            return f"segmenter.sam2.checkpoint: file not found: {checkpoint}"
+        source = resolve_sam2_checkpoint(checkpoint, str(values["segmenter.sam2.model_cfg"]))
+        if not Path(str(source.checkpoint)).is_file():
+            return f"segmenter.sam2.checkpoint: file not found: {source.checkpoint}"
     return None
 
 
@@ -554,13 +647,19 @@ def pipeline_config(values: Mapping[str, ParamValue]) -> PipelineConfig:
     Raises:
         ValueError: naming the parameter group and field.
     """
-    segmenter: SuperpixelConfig | Sam2Config
-    if segmenter_type(values) == "sam2":
+    segmenter: SuperpixelConfig | Sam2Config | MaskFreeConfig
+    if segmenter_type(values) == "dense":
+        segmenter = MaskFreeConfig()
+    elif segmenter_type(values) == "sam2":
+        # shapes_default names the shipped weights and their own architecture YAML.
+        source = resolve_sam2_checkpoint(
+            str(values["segmenter.sam2.checkpoint"]), str(values["segmenter.sam2.model_cfg"])
+        )
         segmenter = _built(
             "segmenter.sam2",
             Sam2Config,
-            model_cfg=str(values["segmenter.sam2.model_cfg"]),
-            checkpoint=str(Path(str(values["segmenter.sam2.checkpoint"])).expanduser()),
+            model_cfg=source.model_cfg,
+            checkpoint=source.checkpoint,
             points_per_side=int(values["segmenter.sam2.points_per_side"]),
             points_per_batch=int(values["segmenter.sam2.points_per_batch"]),
             pred_iou_thresh=float(values["segmenter.sam2.pred_iou_thresh"]),
@@ -568,6 +667,8 @@ def pipeline_config(values: Mapping[str, ParamValue]) -> PipelineConfig:
             box_nms_thresh=float(values["segmenter.sam2.box_nms_thresh"]),
             min_mask_region_area=int(values["segmenter.sam2.min_mask_region_area"]),
             device=str(values["device"]),
+            precision=str(values["segmenter.sam2.precision"]),
+            prompts=str(values["segmenter.sam2.prompts"]),
         )
     else:
         segmenter = _built(
@@ -598,6 +699,18 @@ def pipeline_config(values: Mapping[str, ParamValue]) -> PipelineConfig:
         global_weight=float(values["clip.global_weight"]),
         batch_size=int(values["clip.batch_size"]),
         allow_download=bool(values["clip.allow_download"]),
+        region_features=str(values["clip.region_features"]),
+        dense_weight=float(values["clip.dense_weight"]),
+        dense=_built(
+            "dense",
+            DenseConfig,
+            attention=str(values["dense.attention"]),
+            input_size=int(values["dense.input_size"]),
+            window=int(values["dense.window"]),
+            overlap=float(values["dense.overlap"]),
+            batch_size=int(values["dense.batch_size"]),
+            head=bool(values["dense.head"]),
+        ),
     )
     settings = runtime_settings(values)
     return PipelineConfig(
@@ -652,6 +765,7 @@ def runtime_settings(values: Mapping[str, ParamValue]) -> RuntimeSettings:
             threshold=float(values["query.threshold"]),
             max_results=int(values["query.max_results"]),
             contrast_scale=float(values["query.contrast_scale"]),
+            normalize=bool(values["query.normalize"]),
         ),
         depth_units_per_meter=float(values["depth.units_per_meter"]),
         depth_max_skew=float(values["depth.max_skew"]),

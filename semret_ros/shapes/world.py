@@ -264,6 +264,35 @@ def random_caption(
     return text + stop, kind
 
 
+def caption_space(
+    pairs: tuple[tuple[str, str], ...] = ALL_COMBOS, varied: bool = True
+) -> frozenset[str]:
+    """Every caption training can draw (:func:`random_caption` with ``varied`` and the
+    background captions) for the colour-shape ``pairs``: what a text tower is taught. Words
+    outside it are the ones only a pretrained text encoder can know."""
+    kinds: dict[str, tuple[str, ...]] = {
+        "full": FULL_TEMPLATES,
+        "color": COLOR_TEMPLATES,
+        "shape": SHAPE_TEMPLATES,
+    }
+    if varied:
+        kinds = {kind: (*templates, *VARIED_TEMPLATES[kind]) for kind, templates in kinds.items()}
+    filled: set[str] = set()
+    for kind, templates in kinds.items():
+        targets = {
+            "full": pairs,
+            "color": [(c, None) for c in dict.fromkeys(c for c, _ in pairs)],
+            "shape": [(None, s) for s in dict.fromkeys(s for _, s in pairs)],
+        }[kind]
+        for template in templates:
+            for color, shape in targets:
+                words = SHAPE_WORDS[shape] if "{shape_words}" in template else ("",)
+                for word in words:
+                    text = caption(color, shape, template.replace("{shape_words}", word))
+                    filled.update((text, text + "."))
+    return frozenset(filled | set(BACKGROUND_TEMPLATES) | set(GENERIC_TEMPLATES))
+
+
 def combos(which: ComboSet) -> tuple[tuple[str, str], ...]:
     if which == "seen":
         return SEEN_COMBOS
@@ -1057,3 +1086,88 @@ def generate_large_scene(
         seed=seed,
         hard=hard,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmentation training scenes (the shipped small SAM2)
+
+_SEGMENTATION_ASPECTS = (4 / 3, 16 / 9, 1.0, 3 / 4)
+"""Width / height of segmentation training scenes: SAM2 squashes every image to a square, so
+objects must be seen stretched as each camera shape stretches them."""
+
+
+def generate_segmentation_scene(seed: int | tuple[int, ...]) -> Scene:
+    """A domain-randomised scene for training a class-agnostic segmenter (the small SAM2).
+
+    Recipe 2's randomisation applied to whole scenes: random size and aspect ratio, objects
+    drawn up to 2x larger and area-averaged down (anti-aliased edges), freely rotated, 1-8 of
+    them of a wide size range and overlapping at random (each keeps at least 30 % of its area
+    visible), a quarter painted in colours no colour name describes, lit and finely textured
+    (:func:`_light_and_texture`), on backgrounds from :data:`_VARIED_BACKGROUNDS`, then passed
+    through :func:`simulate_camera` (exposure, blur, noise, JPEG). Held-out colour-shape pairs
+    are never drawn. Objects off the palette are named ``"other <shape>"``.
+    """
+    rng = np.random.default_rng(seed)
+    aspect = _SEGMENTATION_ASPECTS[int(rng.integers(len(_SEGMENTATION_ASPECTS)))]
+    long_side = float(rng.uniform(288, 640))
+    width, height = (
+        (round(long_side), round(long_side / aspect))
+        if aspect >= 1
+        else (round(long_side * aspect), round(long_side))
+    )
+    factor = 2 if long_side <= 400 and rng.random() < 0.5 else 1
+    cw, ch = width * factor, height * factor
+    side = min(cw, ch)
+    hard = bool(rng.random() < 0.6)
+    n = int(rng.integers(1, 9))
+    min_sep = float(rng.uniform(0.4, 1.1))
+    placed: list[tuple[float, float, float]] = []
+    drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for _ in range(n):
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        r = float(rng.uniform(0.05, 0.2) * side)
+        for _ in range(30):
+            cx, cy = float(rng.uniform(r, cw - r)), float(rng.uniform(r, ch - r))
+            if all(np.hypot(cx - px, cy - py) > min_sep * (r + pr) for px, py, pr in placed):
+                break
+        placed.append((cx, cy, r))
+        if rng.random() < 0.25:
+            name, rgb = "other", off_palette_rgb(rng, min_distance=60.0)
+        else:
+            names = [c for c in COLORS if (c, shape) not in HELD_OUT]
+            name = names[int(rng.integers(len(names)))]
+            rgb = np.array(COLORS[name], np.float32)
+        mask = draw_shape_mask(shape, ch, cw, (cx, cy), r, rng.uniform(0.0, 360.0))
+        if mask.any():
+            drawn.append((f"{name} {shape}", rgb, mask))
+
+    above = np.zeros((ch, cw), bool)
+    visible: dict[int, np.ndarray] = {}
+    for i in range(len(drawn) - 1, -1, -1):
+        full = drawn[i][2]
+        vis = full & ~above
+        if vis.sum() >= 0.3 * full.sum():
+            visible[i] = vis
+        above |= full
+
+    img = draw_background(rng, height, width, hard, _VARIED_BACKGROUNDS)
+    if factor > 1:
+        img = cv2.resize(img, (cw, ch), interpolation=cv2.INTER_LINEAR)
+    for _name, rgb, mask in drawn:
+        _paint_object(rng, img, mask, rgb, hard, varied=True)
+    if factor > 1:
+        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+    image = simulate_camera(rng, np.ascontiguousarray(img.clip(0, 255).astype(np.uint8)))
+    objects = []
+    for i in sorted(visible):
+        mask = visible[i]
+        if factor > 1:
+            small = cv2.resize(mask.astype(np.float32), (width, height), cv2.INTER_AREA)
+            mask = small > 0.5
+        if mask.sum() >= 16:
+            color, shape = drawn[i][0].split(" ")
+            objects.append(
+                SceneObject(color=color, shape=shape, mask=mask, bbox=bbox_of_mask(mask))
+            )
+    scene_seed = seed if isinstance(seed, int) else int(seed[-1])
+    return Scene(image=image, objects=tuple(objects), seed=scene_seed, hard=hard)

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import rclpy
 from geometry_msgs.msg import Point
@@ -44,6 +43,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from semret_ros.core import viz
 from semret_ros.core.depth import depth_to_16uc1
 from semret_ros.core.embedder import CONFIG_FILE, default_model_dir
+from semret_ros.core.image import interior_point
 from semret_ros.core.metrics import HIT_IOU, hit_at_1, iou
 from semret_ros.msg import SemanticFrame as SemanticFrameMsg
 from semret_ros.ros.client import call
@@ -186,13 +186,6 @@ def query_plan(scene: Scene) -> list[tuple[str, SceneObject]]:
     plan.append(("color", scene.objects[0]))
     plan.append(("shape", scene.objects[-1]))
     return plan
-
-
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """(x, y) of the mask pixel farthest from its border: safely inside, even for a ring."""
-    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return int(x), int(y)
 
 
 def region_relevance(instance_ids: np.ndarray, similarity: np.ndarray) -> np.ndarray:

@@ -26,8 +26,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from semret_ros.core.dense import DenseConfig, MaskFreeConfig
 from semret_ros.core.depth import DepthFrame
-from semret_ros.core.embedder import ClipConfig, ClipEmbedder
+from semret_ros.core.embedder import REGION_FEATURES, ClipConfig, ClipEmbedder
+from semret_ros.core.image import interior_point
 from semret_ros.core.metrics import (
     HIT_IOU,
     hit_at_1,
@@ -43,8 +45,10 @@ from semret_ros.core.object_guided import REGION_ENCODERS
 from semret_ros.core.pipeline import PipelineConfig, SemanticPipeline
 from semret_ros.core.records import Prompt, QueryResult, Region, SemanticFrame
 from semret_ros.core.refine import RefineConfig
+from semret_ros.core.sam2_model import resolve_sam2_checkpoint
 from semret_ros.core.scoring import MODES, QueryConfig
 from semret_ros.core.segmenters import (
+    SAM2_PROMPTS,
     SUPERPIXEL_METHODS,
     Sam2Config,
     Segmenter,
@@ -53,6 +57,7 @@ from semret_ros.core.segmenters import (
     select_regions,
 )
 from semret_ros.core.viz import heatmap_overlay, mask_overlay, panel, save_png
+from semret_ros.shapes.paraphrases import PARAPHRASE_KINDS, paraphrases_for
 from semret_ros.shapes.test_renderer import render_scene
 from semret_ros.shapes.world import (
     ALL_COMBOS,
@@ -68,7 +73,9 @@ from semret_ros.shapes.world import (
 from semret_ros.tools.cli import add_clip_arguments
 
 GROUPS: tuple[str, ...] = ("seen", "held_out")
-MASK_MODES = ("superpixel", "gt", "sam2")
+MASK_MODES = ("superpixel", "gt", "sam2", "dense")
+"""Region sources; ``dense`` is mask-free mode (the regions are dense feature cells, a query's
+matches the connected regions of its mask)."""
 RENDERERS = ("train", "test")
 """Scene sources: the shapes world the embedded model is trained on, or the independent
 test renderer (:mod:`semret_ros.shapes.test_renderer`), which training never sees."""
@@ -174,6 +181,8 @@ class QueryRecord:
     ras: float
     rda: float
     rmi: float
+    pointing: bool
+    """The similarity image's peak lies on the object."""
     query_s: float
     position_error_m: float | None = None
     """With --depth, for a hit: distance (m) from the top region's 3D position to the object's
@@ -228,8 +237,15 @@ def measure_query(
     """Ranking, mask and localization figures of one answered query against its object.
 
     ``region_names`` names what lies under most of each region (see :func:`majority_objects`).
+    On a mask-free frame the top-ranked region is the best connected region of the mask (the
+    first match; a miss when nothing passes the threshold), not a single feature cell.
     """
-    hit, top_iou = hit_at_1(frame.instance_ids, result.relevance, target)
+    if result.regions is None:
+        hit, top_iou = hit_at_1(frame.instance_ids, result.relevance, target)
+    else:
+        top_iou = iou(result.regions == result.matches[0].id, target) if result.matches else 0.0
+        hit = top_iou >= HIT_IOU
+    peak = np.unravel_index(int(np.argmax(result.similarity)), result.similarity.shape)
     best = top_region(result.relevance)
     oracle_index = max(ious, key=ious.get) if ious else -1
     oracle_rank = 0
@@ -241,6 +257,7 @@ def measure_query(
         "top_iou": float(top_iou),
         "top_relevance": float(result.relevance[best]) if best >= 0 else 0.0,
         "top_object": region_names[best] if best >= 0 else "",
+        "pointing": bool(target[peak]),
         "oracle_iou": float(ious[oracle_index]) if oracle_index >= 0 else 0.0,
         "oracle_rank": oracle_rank,
         "mask_iou": float(iou(result.mask, target)),
@@ -277,13 +294,26 @@ class DescribeRecord:
     top1: str
     hit: bool
     """The best-ranked name is the object's own."""
+    point_iou: float
+    """IoU with the object of the mask described from that point (0: nothing selected)."""
+    box_iou: float
+    """IoU with the object of the mask described from the object's bounding box."""
 
 
-def interior_point(mask: np.ndarray) -> np.ndarray:
-    """(1, 2) float (x, y): the mask's pixel farthest from its edge, where a user would click."""
-    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return np.array([[float(x), float(y)]])
+MASK_RECALL_IOUS = (0.5, 0.75)
+"""Mask recall: the share of objects some region of the frame outlines at this IoU or more."""
+
+
+def describe_object(
+    pipeline: SemanticPipeline, frame: SemanticFrame, prompt: Prompt, target: np.ndarray
+) -> tuple[str, float]:
+    """The top name and the mask IoU with ``target`` of one ``~/describe`` request; ("", 0.0)
+    when the prompt selects nothing (the node answers that request with an error)."""
+    try:
+        result = pipeline.describe(frame, prompt, vocabulary=VOCABULARY)
+    except ValueError:
+        return "", 0.0
+    return result.labels[0], iou(result.mask, target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +330,7 @@ def summarize(records: Sequence[QueryRecord]) -> dict[str, object]:
     return {
         "n": len(records),
         "hit_at_1": _mean([float(r.hit) for r in records]),
+        "pointing": _mean([float(r.pointing) for r in records]),
         "hit_ceiling": _mean([float(r.oracle_iou >= HIT_IOU) for r in records]),
         "mean_top_iou": _mean([r.top_iou for r in records]),
         "mean_mask_iou": _mean([r.mask_iou for r in records]),
@@ -314,14 +345,16 @@ def summarize(records: Sequence[QueryRecord]) -> dict[str, object]:
     }
 
 
-def breakdown(records: Sequence[QueryRecord]) -> dict[str, dict[str, dict[str, object]]]:
-    """summarize() per group (seen, held_out, all) x kind (full, color, shape, all)."""
+def breakdown(
+    records: Sequence[QueryRecord], kinds: Sequence[str] = KINDS
+) -> dict[str, dict[str, dict[str, object]]]:
+    """summarize() per group (seen, held_out, all) x kind (``kinds`` and all)."""
     table: dict[str, dict[str, dict[str, object]]] = {}
     for group in (*GROUPS, "all"):
         in_group = [r for r in records if group in ("all", r.group)]
         table[group] = {
             kind: summarize([r for r in in_group if kind in ("all", r.kind)])
-            for kind in (*KINDS, "all")
+            for kind in (*kinds, "all")
         }
     return table
 
@@ -494,13 +527,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="at least this many held-out combinations per scene (more held-out samples)",
     )
     p.add_argument("--masks", choices=MASK_MODES, default="superpixel", help="region source")
-    p.add_argument("--sam2-checkpoint", type=Path, default=None, help="SAM2 weights (--masks sam2)")
-    p.add_argument("--sam2-config", default=Sam2Config().model_cfg, help="SAM2 config name")
+    sam2_defaults = Sam2Config()
+    p.add_argument(
+        "--sam2-checkpoint",
+        default=None,
+        help="SAM2 weights with --masks sam2: shapes_default (the shipped small SAM2, the "
+        "default) or a checkpoint file (with --sam2-config)",
+    )
+    p.add_argument("--sam2-config", default=sam2_defaults.model_cfg, help="SAM2 config name")
+    p.add_argument(
+        "--sam2-prompts",
+        choices=SAM2_PROMPTS,
+        default=sam2_defaults.prompts,
+        help="automatic masks: superpixel prompts (the project's path) or sam2's stock grid",
+    )
     p.add_argument(
         "--sam2-points-per-side",
         type=int,
-        default=Sam2Config().points_per_side,
+        default=sam2_defaults.points_per_side,
         help="SAM2 point grid (cost grows with its square)",
+    )
+    p.add_argument(
+        "--sam2-pred-iou-thresh",
+        type=float,
+        default=sam2_defaults.pred_iou_thresh,
+        help="drop SAM2 masks with a lower predicted IoU",
+    )
+    p.add_argument(
+        "--sam2-stability-thresh",
+        type=float,
+        default=sam2_defaults.stability_score_thresh,
+        help="drop SAM2 masks with a lower stability score",
     )
     add_clip_arguments(p, device_help="torch device for CLIP and SAM2")
     p.add_argument(
@@ -516,6 +573,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=clip_defaults.region_encoder,
         help="what embeds a region: the CLIP image tower on its crop, or seed 004's "
         "object-guided encoder (needs --region-encoder-path)",
+    )
+    p.add_argument(
+        "--region-features",
+        choices=REGION_FEATURES,
+        default=clip_defaults.region_features,
+        help="a region's own feature: its crop, its mask pooled over the dense feature grid, "
+        "or a blend of both (--dense-weight)",
+    )
+    p.add_argument(
+        "--dense-weight",
+        type=float,
+        default=clip_defaults.dense_weight,
+        help="weight of the dense feature with --region-features blend",
+    )
+    p.add_argument(
+        "--dense-input-size",
+        type=int,
+        default=clip_defaults.dense.input_size,
+        help="shorter side (px) fed to the image tower for dense features (0: its default)",
+    )
+    p.add_argument(
+        "--no-dense-head",
+        action="store_true",
+        help="leave out the model folder's learned dense head (dense.head: false)",
+    )
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="min-max normalise each phrase's relevance over the frame (seed 003)",
     )
     p.add_argument(
         "--region-encoder-path",
@@ -562,6 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
         "report the 3D error of hits against the objects' true centroids",
     )
     p.add_argument(
+        "--paraphrases",
+        action="store_true",
+        help="also ask for every object in words training never used (colour and shape "
+        "synonyms, sentence forms: semret_ros/shapes/paraphrases.py) and report their hit@1",
+    )
+    p.add_argument(
         "--retrieval",
         action="store_true",
         help="also report image-text retrieval (R@1, R@5, mean rank) of the scenes' objects "
@@ -575,12 +667,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """The configuration the arguments describe; ValueError names the bad field."""
     gt = args.masks == "gt"
-    segmenter: SuperpixelConfig | Sam2Config
-    if args.masks == "sam2":
+    segmenter: SuperpixelConfig | Sam2Config | MaskFreeConfig
+    if args.masks == "dense":
+        segmenter = MaskFreeConfig()
+    elif args.masks == "sam2":
         segmenter = Sam2Config(
             model_cfg=args.sam2_config,
-            checkpoint=str(args.sam2_checkpoint),
+            checkpoint=args.sam2_checkpoint,
             points_per_side=args.sam2_points_per_side,
+            pred_iou_thresh=args.sam2_pred_iou_thresh,
+            stability_score_thresh=args.sam2_stability_thresh,
+            prompts=args.sam2_prompts,
             device=args.device,
         )
     else:
@@ -613,6 +710,9 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
             global_weight=args.global_weight,
             region_encoder=args.region_encoder,
             region_encoder_path=args.region_encoder_path,
+            region_features=args.region_features,
+            dense_weight=args.dense_weight,
+            dense=DenseConfig(input_size=args.dense_input_size, head=not args.no_dense_head),
         ),
         refine=refine,
         query=QueryConfig(
@@ -620,6 +720,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
             negatives=negatives,
             threshold=args.threshold,
             contrast_scale=args.contrast_scale,
+            normalize=args.normalize,
         ),
     )
 
@@ -637,9 +738,10 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pi
         parser.error("--easy: the test renderer draws hard scenes only")
     if args.masks == "sam2":
         if args.sam2_checkpoint is None:
-            parser.error("--masks sam2 needs --sam2-checkpoint FILE")
-        if not args.sam2_checkpoint.is_file():
-            parser.error(f"--sam2-checkpoint: file not found: {args.sam2_checkpoint}")
+            args.sam2_checkpoint = "shapes_default"
+        weights = resolve_sam2_checkpoint(args.sam2_checkpoint, args.sam2_config).checkpoint
+        if not Path(str(weights)).is_file():
+            parser.error(f"--sam2-checkpoint: file not found: {weights}")
     elif args.sam2_checkpoint is not None:
         parser.error("--sam2-checkpoint is only used with --masks sam2")
     if args.out.exists() and not args.out.is_dir():
@@ -659,7 +761,7 @@ def _print_table(report: dict[str, object]) -> None:
     )
     print(
         f"{'hit@1':<10}{'seen':>10}{'held-out':>10}{'all':>10}"
-        f"{'ceiling':>10}{'mask IoU':>10}{'Rmi':>8}"
+        f"{'ceiling':>10}{'mask IoU':>10}{'Rmi':>8}{'pointing':>10}"
     )
 
     def fmt(value: object) -> str:
@@ -672,6 +774,7 @@ def _print_table(report: dict[str, object]) -> None:
             f"{kind:<10}"
             + "".join(f"{fmt(v):>10}" for v in row)
             + f"{fmt(cell['hit_ceiling']):>10}{fmt(cell['mean_mask_iou']):>10}{fmt(cell['rmi']):>8}"
+            + f"{fmt(cell['pointing']):>10}"
         )
     labels = report["labels"]
     print(f"\n{'~/label':<10}{'seen':>10}{'held-out':>10}{'all':>10}{'mIoU':>10}{'bg lab.':>10}")
@@ -685,6 +788,12 @@ def _print_table(report: dict[str, object]) -> None:
         print(f"{name:<10}" + "".join(f"{fmt(v):>10}" for v in row) + extra)
     describe = report["describe"]
     print(f"{'describe':<10}" + "".join(f"{fmt(describe[g]):>10}" for g in (*GROUPS, "all")))
+    recall, masks = report["mask_recall"], report["describe_mask_iou"]
+    print(
+        "mask recall (frame regions) "
+        + ", ".join(f"IoU>={t} {fmt(recall[str(t)])}" for t in MASK_RECALL_IOUS)
+        + f"; ~/describe mask IoU: point {fmt(masks['point'])}, box {fmt(masks['box'])}"
+    )
     timing = report["timing"]
     print(
         f"process {timing['process_ms_mean']:.1f} ms/frame, query {timing['query_ms_mean']:.2f} ms "
@@ -708,6 +817,22 @@ def _print_table(report: dict[str, object]) -> None:
             f"{retrieval['i2t_mean_rank']:.2f}; t2i R@1 {retrieval['t2i_r1']:.3f} R@5 "
             f"{retrieval['t2i_r5']:.3f} mean rank {retrieval['t2i_mean_rank']:.2f}"
         )
+    paraphrases = report.get("paraphrases")
+    if paraphrases is not None:
+        table = paraphrases["breakdown"]
+        print(f"\n{'paraphrase':<12}{'seen':>10}{'held-out':>10}{'all':>10}{'n':>6}")
+        for kind in (*PARAPHRASE_KINDS, "all"):
+            row = [table[group][kind]["hit_at_1"] for group in (*GROUPS, "all")]
+            n = table["all"][kind]["n"]
+            print(f"{kind:<12}" + "".join(f"{fmt(v):>10}" for v in row) + f"{n:>6}")
+
+
+def paraphrase_report(records: Sequence[QueryRecord]) -> dict[str, object]:
+    """hit@1 of the paraphrase queries per group x paraphrase kind, and every record."""
+    return {
+        "breakdown": breakdown(records, PARAPHRASE_KINDS),
+        "records": [dataclasses.asdict(r) for r in records],
+    }
 
 
 @dataclass
@@ -733,7 +858,11 @@ class SceneResult:
     panels: dict[str, np.ndarray]
     """File name -> panel image, for the scenes that get panels."""
     describes: list[DescribeRecord] = dataclasses.field(default_factory=list)
-    """One ``~/describe`` request per object (a point at its interior)."""
+    """One ``~/describe`` record per object (a point at its interior, and its box)."""
+    object_ious: list[float] = dataclasses.field(default_factory=list)
+    """Per object, the best IoU any region of the frame reaches with it (mask recall)."""
+    paraphrases: list[QueryRecord] = dataclasses.field(default_factory=list)
+    """With --paraphrases: one query per paraphrase kind and object (kind = paraphrase kind)."""
 
 
 def evaluate_scene(
@@ -741,8 +870,12 @@ def evaluate_scene(
     scene: Scene,
     with_panels: bool,
     depth: DepthScene | None = None,
+    paraphrases: bool = False,
 ) -> SceneResult:
     """Process one scene, query each of its objects every unambiguous way, label the scene.
+
+    ``paraphrases`` also asks for each object once per paraphrase kind
+    (:mod:`semret_ros.shapes.paraphrases`), recorded apart from the named queries.
 
     The multi-label request names every object of the scene by its full name at once.
 
@@ -770,13 +903,20 @@ def evaluate_scene(
     panels: dict[str, np.ndarray] = {}
     skipped = 0
     shown = next((o for o in scene.objects if o.held_out), scene.objects[0])
+    paraphrase_records: list[QueryRecord] = []
+    object_ious: list[float] = []
     for obj_index, obj in enumerate(scene.objects):
         ious = region_ious(frame.instance_ids, obj.mask)
-        for kind in KINDS:
-            if is_ambiguous(kind, obj, scene.objects):
-                skipped += 1
+        object_ious.append(max(ious.values(), default=0.0))
+        # (kind, phrase, what it names, where its record goes)
+        asks = [(kind, query_phrase(kind, obj), kind, records) for kind in KINDS]
+        if paraphrases:
+            found = paraphrases_for(obj.color, obj.shape, (scene.seed, obj_index))
+            asks += [(q.kind, q.text, q.names, paraphrase_records) for q in found]
+        for kind, text, names_kind, into in asks:
+            if is_ambiguous(names_kind, obj, scene.objects):
+                skipped += into is records
                 continue
-            text = query_phrase(kind, obj)
             start = time.perf_counter()
             result = pipeline.query(frame, text)
             elapsed = time.perf_counter() - start
@@ -794,8 +934,8 @@ def evaluate_scene(
                 query_s=elapsed,
                 **measured,
             )
-            records.append(record)
-            if with_panels and obj is shown:
+            into.append(record)
+            if with_panels and obj is shown and into is records:
                 name = f"scene{scene.seed}_{kind}_{obj.name.replace(' ', '_')}.png"
                 panels[name] = query_panel(scene, obj, frame, result, record)
 
@@ -816,12 +956,18 @@ def evaluate_scene(
     ]
     describes = []
     for obj in scene.objects:
-        prompt = Prompt(points=interior_point(obj.mask), point_labels=np.array([1]))
-        top1 = pipeline.describe(frame, prompt, vocabulary=VOCABULARY).labels[0]
+        point = Prompt(
+            points=np.array([interior_point(obj.mask)], np.float32), point_labels=np.array([1])
+        )
+        top1, point_iou = describe_object(pipeline, frame, point, obj.mask)
+        _, box_iou = describe_object(pipeline, frame, Prompt(box=obj.bbox), obj.mask)
         group = "held_out" if obj.held_out else "seen"
-        describes.append(DescribeRecord(scene.seed, obj.name, group, top1, top1 == obj.name))
+        describes.append(
+            DescribeRecord(scene.seed, obj.name, group, top1, top1 == obj.name, point_iou, box_iou)
+        )
     return SceneResult(
         describes=describes,
+        object_ious=object_ious,
         records=records,
         labels=label_records,
         background_labelled=scores.background_labelled,
@@ -833,6 +979,7 @@ def evaluate_scene(
         object_features=frame.embeddings[on_object],
         object_combos=combos[owners[on_object] - 1],
         panels=panels,
+        paraphrases=paraphrase_records,
     )
 
 
@@ -911,6 +1058,16 @@ def build_report(
             )
             for group in (*GROUPS, "all")
         },
+        "describe_mask_iou": {
+            prompt: _mean([getattr(d, f"{prompt}_iou") for r in results for d in r.describes])
+            for prompt in ("point", "box")
+        },
+        "mask_recall": {
+            str(threshold): _mean(
+                [float(value >= threshold) for r in results for value in r.object_ious]
+            )
+            for threshold in MASK_RECALL_IOUS
+        },
         "skipped_ambiguous": sum(r.skipped for r in results),
         "consistency": {
             "per_scene_mean": {
@@ -945,7 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         embedder = ClipEmbedder(config.clip)
-        segmenter = None if args.masks == "gt" else build_segmenter(config.segmenter)
+        segmenter = None if args.masks in ("gt", "dense") else build_segmenter(config.segmenter)
     except (FileNotFoundError, ValueError) as error:
         print(f"semret-eval: error: cannot load the models: {error}", file=sys.stderr)
         return 2
@@ -965,10 +1122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             scene = generate_scene(
                 seed, args.width, args.height, hard=not args.easy, min_held_out=args.min_held_out
             )
-        source: Segmenter = GroundTruthSegmenter(scene) if segmenter is None else segmenter
+        source: Segmenter | None = GroundTruthSegmenter(scene) if args.masks == "gt" else segmenter
         pipeline = SemanticPipeline(source, embedder, refine=config.refine, query=config.query)
         depth = render_depth(scene) if args.depth else None
-        result = evaluate_scene(pipeline, scene, index < args.panels, depth)
+        result = evaluate_scene(pipeline, scene, index < args.panels, depth, args.paraphrases)
         for name, image in result.panels.items():
             save_png(args.out / "panels" / name, image)
             panels.append(f"panels/{name}")
@@ -982,6 +1139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["retrieval"] = retrieval_report(embedder, retrieval_pairs)
     if args.depth:
         report["depth"] = depth_summary([r for result in results for r in result.records])
+    if args.paraphrases:
+        report["paraphrases"] = paraphrase_report([r for res in results for r in res.paraphrases])
     title = f"hit@1, {args.masks} masks, {args.scenes} scenes ({config.clip.model_name})"
     save_png(args.out / report["bar_chart"], bar_chart(report["breakdown"], title))
     (args.out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))

@@ -31,9 +31,18 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from semret_ros.core.embedder import CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILE, save_clip_dir
+from semret_ros.core.embedder import (
+    CONFIG_FILE,
+    VOCABULARY_FILE,
+    WEIGHTS_FILE,
+    packaged_text_cfg,
+    packaged_tokenizer,
+    save_clip_dir,
+)
 from semret_ros.core.object_guided import ObjectGuidedEncoder, RegionPreprocess, save_object_guided
 from semret_ros.shapes import world as sw
+from semret_ros.tools.clic import WILDCARD, soft_info_nce, train_clic
+from semret_ros.tools.clic import add_arguments as add_clic_arguments
 
 DEFAULT_MODEL_CFG: dict = {
     "embed_dim": 128,
@@ -52,8 +61,6 @@ PREPROCESS_CFG: dict = {
 """Kept at OpenAI's mean, so the crop fill colour normalizes to zero as for real CLIP."""
 
 CHECKPOINT_NAME = "checkpoint.pt"
-WILDCARD = -1
-"""A caption key entry that matches any image value (a colour-only caption has no shape)."""
 OFF_PALETTE_SHARE = 0.6
 """Share of shape-only samples whose object is painted in an unnamed colour."""
 BACKGROUND_SHARE = 0.12
@@ -65,10 +72,12 @@ gain, JPEG, wider crop padding), masks shifted without wrap-around, twice as man
 wordings, background regions also captioned with the generic query negatives, and hard
 negatives: samples come in pairs whose objects share exactly one
 attribute, their combinations cycling through every seen pair equally often."""
-OBJECTIVES = ("clip", "object-guided")
+OBJECTIVES = ("clip", "object-guided", "clic")
 """clip: the open_clip model itself (both towers, or the image tower alone with --lock-text).
 object-guided: seed 004's region encoder (:mod:`semret_ros.core.object_guided`) on the frozen
---init CLIP, trained against its frozen text tower (LiT-style)."""
+--init CLIP, trained against its frozen text tower (LiT-style). clic: seed 002's dense head on
+the frozen --init CLIP's dense cells, trained on whole captioned scenes without masks
+(:mod:`semret_ros.tools.clic`), written into --output as the model folder's dense head."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,13 +273,7 @@ def contrastive_loss(
     Plain InfoNCE treats every off-diagonal pair as a negative; with short captions ("something
     red") many of those are true, and pushing them apart fights the labels.
     """
-    logits = logit_scale * image_features @ text_features.T
-    pos = pos.float()
-    i2t = pos / pos.sum(dim=1, keepdim=True)
-    t2i = pos.T / pos.T.sum(dim=1, keepdim=True)
-    loss_i = -(i2t * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    loss_t = -(t2i * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
-    return (loss_i + loss_t) / 2
+    return soft_info_nce(logit_scale * image_features @ text_features.T, pos)
 
 
 @torch.no_grad()
@@ -331,19 +334,78 @@ def load_model_cfg(spec: str | Path | dict | None) -> dict:
     return cfg
 
 
-def init_from(model: torch.nn.Module, model_cfg: dict, folder: Path) -> dict:
+def init_from(model: torch.nn.Module, model_cfg: dict, folder: Path, recipe: int = 1) -> dict:
     """Load a local-dir model folder's weights into ``model`` (cast to its precision) and
-    return the folder's architecture, which must be ``model_cfg``: fine-tuning starts here."""
+    return ``model_cfg``, which must be the folder's architecture: fine-tuning starts here.
+
+    A model with a packaged pretrained text tower (LiT) may start from a folder of another text
+    tower with the same image tower and embedding: it takes the image tower and temperature,
+    and its text projection is fitted to the folder's text features of the training captions
+    (:func:`fit_text_projection`), so training starts where the folder's model stands.
+    """
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise SystemExit(f"--init: {folder} needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     folder_cfg = json.loads(config_path.read_text(encoding="utf-8"))["model_cfg"]
-    if folder_cfg != model_cfg:
+    reference = model.state_dict()
+    if folder_cfg == model_cfg:
+        state = load_file(str(weights_path))
+        model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+        return folder_cfg
+    same_image = all(folder_cfg.get(k) == model_cfg.get(k) for k in ("embed_dim", "vision_cfg"))
+    if not same_image or packaged_text_cfg(model_cfg) is None:
         raise SystemExit(f"--init: {folder}'s architecture differs from --model-config")
     state = load_file(str(weights_path))
-    reference = model.state_dict()
-    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
-    return folder_cfg
+    kept = {k: v for k, v in state.items() if k.startswith("visual.") or k == "logit_scale"}
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in kept.items()}, strict=False)
+    teacher, _, teacher_tokenizer = build_model(folder_cfg)
+    teacher.load_state_dict(state)
+    captions = sorted(sw.caption_space(sw.SEEN_COMBOS, varied=recipe == 2))
+    with torch.no_grad():
+        targets = F.normalize(teacher.eval().encode_text(teacher_tokenizer(captions)), dim=-1)
+    fit_text_projection(model, packaged_tokenizer(packaged_text_cfg(model_cfg)), captions, targets)
+    return model_cfg
+
+
+class FrozenTextFeatures:
+    """Text features of a model whose packaged text tower is frozen (LiT): the tower's pooled
+    output of each caption is computed once, alone (so it does not depend on the batch it came
+    in), and cached; only the projection on top of it runs, with gradients, every step."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: object) -> None:
+        self.text, self.tokenizer = model.text, tokenizer
+        self.pooled: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def pool(self, captions: Sequence[str]) -> torch.Tensor:
+        """(N, width) pooled tower outputs before the projection, in eval mode (no dropout)."""
+        self.text.transformer.eval()
+        for caption in dict.fromkeys(captions):
+            if caption not in self.pooled:
+                tokens = self.tokenizer([caption])
+                mask = (tokens != self.text.config.pad_token_id).long()
+                out = self.text.transformer(input_ids=tokens, attention_mask=mask)
+                self.pooled[caption] = self.text.pooler(out, mask)[0]
+        return torch.stack([self.pooled[c] for c in captions])
+
+    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
+        return self.text.proj(self.pool(captions))
+
+
+def fit_text_projection(
+    model: torch.nn.Module,
+    tokenizer: object,
+    captions: Sequence[str],
+    targets: torch.Tensor,
+    ridge: float = 1e-2,
+) -> None:
+    """Set ``model``'s linear text projection to the ridge regression of (N, D) ``targets`` on
+    the frozen tower's pooled features of ``captions``."""
+    x = FrozenTextFeatures(model, tokenizer).pool(captions).double()
+    gram = x.T @ x + ridge * len(captions) * torch.eye(x.shape[1], dtype=x.dtype)
+    weight = torch.linalg.solve(gram, x.T @ targets.double())
+    with torch.no_grad():
+        model.text.proj.weight.copy_(weight.T.to(model.text.proj.weight.dtype))
 
 
 class ObjectGuidedClip(torch.nn.Module):
@@ -387,19 +449,30 @@ def apply_objective(
         for name, param in model.named_parameters():
             if not name.startswith("visual.") and name != "logit_scale":
                 param.requires_grad_(False)
+    if isinstance(model, open_clip.CustomTextCLIP):
+        # A pretrained packaged text tower is never trained (LiT); its projection is.
+        model.text.transformer.requires_grad_(False)
     return model, preprocess
 
 
 def build_model(model_cfg: dict) -> tuple[torch.nn.Module, object, object]:
     """(model, preprocess, tokenizer) for a custom config; training uses the eval preprocess
-    because any augmentation that shifts colours would corrupt the colour labels."""
-    model = open_clip.CLIP(**model_cfg)
+    because any augmentation that shifts colours would corrupt the colour labels. A packaged
+    text tower (``text_cfg.hf_model_name``) comes with its pretrained weights."""
+    text_cfg = packaged_text_cfg(model_cfg)
+    if text_cfg is None:
+        model = open_clip.CLIP(**model_cfg)
+        tokenizer = open_clip.SimpleTokenizer(
+            context_length=model_cfg["text_cfg"]["context_length"]
+        )
+    else:
+        model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
+        tokenizer = packaged_tokenizer(text_cfg)
     open_clip.set_model_preprocess_cfg(model, PREPROCESS_CFG)
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple) else size
     mean, std = PREPROCESS_CFG["mean"], PREPROCESS_CFG["std"]
     preprocess = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
-    tokenizer = open_clip.SimpleTokenizer(context_length=model_cfg["text_cfg"]["context_length"])
     return model, preprocess, tokenizer
 
 
@@ -476,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=OBJECTIVES,
         default="clip",
         help="what to train (see OBJECTIVES); object-guided needs --init (the frozen CLIP) "
-        "and writes an encoder folder for clip.region_encoder",
+        "and writes an encoder folder for clip.region_encoder; clic needs --init and writes "
+        "the dense head into --output (the model folder, usually the same as --init)",
     )
     p.add_argument(
         "--lock-text",
@@ -501,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fp16", action="store_true", help="store weights as fp16 (half the size)")
     p.add_argument("--no-progress", action="store_true")
+    add_clic_arguments(p)
     return p
 
 
@@ -512,13 +587,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--resume needs --checkpoint-dir")
     if args.objective == "object-guided" and args.init is None and not args.resume:
         raise SystemExit("--objective object-guided needs --init (the CLIP model it builds on)")
+    if args.objective == "clic":
+        return train_clic(args, [str(a) for a in (argv if argv is not None else sys.argv[1:])])
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model_cfg = load_model_cfg(args.model_config)
     model, preprocess, tokenizer = build_model(model_cfg)
     if args.init is not None and not args.resume:
-        model_cfg = init_from(model, model_cfg, args.init)
+        model_cfg = init_from(model, model_cfg, args.init, args.recipe)
     model, preprocess = apply_objective(model, preprocess, args.objective, args.lock_text)
     opt = _optimizer(model, args.lr, args.weight_decay)
     start, history = 0, []
@@ -554,6 +631,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         persistent_workers=False,
         prefetch_factor=4 if args.workers > 0 else None,
     )
+    encode_captions = (
+        FrozenTextFeatures(model, tokenizer)
+        if isinstance(model, open_clip.CustomTextCLIP)
+        else lambda captions: model.encode_text(tokenizer(captions))
+    )
     t0 = time.monotonic()
     bar = tqdm(total=total, initial=start, disable=args.no_progress, desc="train", file=sys.stderr)
     step = start
@@ -562,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, total, args.warmup, args.lr)
         img = F.normalize(model.encode_image(batch["images"]), dim=-1)
-        txt = F.normalize(model.encode_text(tokenizer(batch["captions"])), dim=-1)
+        txt = F.normalize(encode_captions(batch["captions"]), dim=-1)
         pos = positives(batch["image_keys"], batch["caption_keys"])
         loss = contrastive_loss(img, txt, model.logit_scale.exp(), pos)
         opt.zero_grad(set_to_none=True)

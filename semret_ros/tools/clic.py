@@ -1,0 +1,435 @@
+"""CLIC (seed 002): a dense head trained on image-caption pairs, without masks.
+
+``semret-train --objective clic --init MODEL_DIR --output MODEL_DIR`` learns a
+:class:`~semret_ros.core.dense.DenseHead` on the frozen image tower's dense cells, against the
+frozen text tower, and writes it into the model folder (:data:`~semret_ros.core.dense.HEAD_FILE`),
+where the dense extractor picks it up. Both encoders stay frozen black boxes.
+
+Data: whole shapes-world scenes with recipe 2's domain randomisation
+(:func:`~semret_ros.shapes.world.generate_segmentation_scene`: random size, lighting,
+textures, off-palette colours, camera blur, noise, JPEG), each with ``captions_per_image``
+captions naming some of its objects. No mask is read: a scene contributes only the list of
+what it shows, as a caption would. Captions of other scenes that name something this one
+lacks are its negatives.
+
+Loss (multiple-instance contrastive): a scene-caption score is a soft maximum over the
+scene's cells of the cell-caption cosine (``pool_temperature`` x log-mean-exp), so the caption
+only has to be true somewhere in the picture; symmetric InfoNCE over the batch (every scene
+against every caption, every caption against every scene), with the targets spread over every
+caption true of the scene (a caption naming a shape the scene has twice, or a colour-only one,
+is true of more than one scene).
+
+Everything upstream of the head is frozen, so each training scene's cells are computed once
+and cached (``--cache-dir``, chunks of :data:`CACHE_CHUNK` scenes; a resumed run reuses them),
+as are the captions' text features. Sample order and captions are pure functions of (seed,
+step), so a resumed run trains exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from tqdm import tqdm
+
+from semret_ros.core.dense import (
+    DenseConfig,
+    DenseFeatureExtractor,
+    DenseHead,
+    WindowBatch,
+    assemble,
+    file_digest,
+    save_dense_head,
+)
+from semret_ros.core.embedder import LOCAL_DIR_PREFIX, ClipConfig, ClipEmbedder
+from semret_ros.shapes import world as sw
+
+WILDCARD = -1
+"""A caption key entry that matches any value (a colour-only caption has no shape)."""
+OTHER_COLOR = len(sw.COLORS)
+"""Colour index of an off-palette object: no colour caption names it."""
+CACHE_CHUNK = 100
+"""Training scenes per cache file."""
+CHECKPOINT_NAME = "clic_checkpoint.pt"
+EVAL_SEED = 90_000
+"""First seed of the periodic evaluation's hard scenes (semret-eval uses 0..N-1)."""
+
+
+def soft_info_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of (N, M) ``logits`` with targets spread over every true pair.
+
+    Plain InfoNCE treats every off-diagonal pair as a negative; with short captions ("something
+    red") many of those are true, and pushing them apart fights the labels. Every row and
+    column of ``pos`` must hold at least one true pair.
+    """
+    pos = pos.float()
+    rows = pos / pos.sum(dim=1, keepdim=True)
+    cols = pos.T / pos.T.sum(dim=1, keepdim=True)
+    loss_rows = -(rows * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_cols = -(cols * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return (loss_rows + loss_cols) / 2
+
+
+def pooled_scores(
+    head: torch.nn.Module,
+    grids: list[torch.Tensor],
+    text: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """(B, T) scene-caption scores: per scene, the soft maximum over its cells of the
+    cosine between the head's cell features and the (T, D) unit caption features.
+
+    ``grids`` holds each scene's raw tower cells, (M, h, w, D) for its M windows.
+    """
+    scores = []
+    for grid in grids:
+        cells = F.normalize(head(grid.float()), dim=-1).reshape(-1, text.shape[1])
+        sims = cells @ text.T
+        pooled = torch.logsumexp(sims / temperature, dim=0) - math.log(cells.shape[0])
+        scores.append(temperature * pooled)
+    return torch.stack(scores)
+
+
+def caption_positives(
+    scene_keys: list[list[tuple[int, int]]], caption_keys: torch.Tensor
+) -> torch.Tensor:
+    """(B, T) bool: caption t (key (colour, shape), WILDCARD for either) is true of scene b,
+    i.e. names something among the scene's (colour, shape) objects."""
+    out = torch.zeros(len(scene_keys), caption_keys.shape[0], dtype=torch.bool)
+    for b, objects in enumerate(scene_keys):
+        keys = torch.tensor(objects, dtype=torch.long)[:, None, :]
+        match = (caption_keys[None] == WILDCARD) | (caption_keys[None] == keys)
+        out[b] = match.all(dim=-1).any(dim=0)
+    return out
+
+
+def scene_keys_of(scene: sw.Scene) -> list[tuple[int, int]]:
+    """(colour index, shape index) of each object; off-palette colours get OTHER_COLOR."""
+    colors = list(sw.COLORS)
+    return [
+        (colors.index(o.color) if o.color in sw.COLORS else OTHER_COLOR, sw.SHAPES.index(o.shape))
+        for o in scene.objects
+    ]
+
+
+def draw_captions(
+    rng: np.random.Generator, objects: list[tuple[int, int]], count: int
+) -> list[tuple[str, tuple[int, int]]]:
+    """``count`` captions naming objects of a scene (distinct objects while there are enough),
+    each with its key: what it asserts, WILDCARD for the part it leaves out."""
+    colors = list(sw.COLORS)
+    order = rng.permutation(len(objects))
+    out = []
+    for n in range(count):
+        c, s = objects[int(order[n % len(objects)])]
+        color = None if c == OTHER_COLOR else colors[c]
+        kind = "shape" if color is None else sw.random_caption_kind(rng)
+        text, kind = sw.random_caption(rng, color, sw.SHAPES[s], kind, varied=True)
+        out.append((text, (c if kind != "shape" else WILDCARD, s if kind != "color" else WILDCARD)))
+    return out
+
+
+@dataclass
+class CachedScene:
+    grid: torch.Tensor
+    """(M, h, w, D) float16 raw tower cells of the scene's windows."""
+    keys: list[tuple[int, int]]
+    """Its objects' (colour, shape) keys."""
+
+
+def training_scene(seed: int, index: int) -> sw.Scene:
+    """Training scene ``index`` of a run: recipe 2's randomised whole scenes, never held-out
+    combos; one with no object left visible is replaced by the next draw."""
+    attempt = 0
+    while True:
+        scene = sw.generate_segmentation_scene((seed, index, attempt))
+        if scene.objects:
+            return scene
+        attempt += 1
+
+
+def encode_windows(extractor: DenseFeatureExtractor, batch: WindowBatch) -> torch.Tensor:
+    """(M, h, w, D) raw frozen tower cells of an image's windows (what the head transforms)."""
+    chunks = batch.pixels.split(extractor.config.batch_size)
+    return torch.cat([extractor.encode(chunk).float().cpu() for chunk in chunks])
+
+
+def load_scenes(
+    extractor: DenseFeatureExtractor,
+    seed: int,
+    count: int,
+    cache_dir: Path | None,
+    progress: bool,
+    weights_file: Path,
+) -> list[CachedScene]:
+    """The run's ``count`` training scenes' frozen cells, from ``cache_dir`` when there.
+
+    Cache files are named after the tower weights' digest, the input size and the seed, so a
+    retrained model or another grid never reads stale cells."""
+    key = hashlib.sha256(
+        f"{file_digest(weights_file)} {extractor.input_size} {seed}".encode()
+    ).hexdigest()[:16]
+    scenes: list[CachedScene] = []
+    bar = tqdm(total=count, disable=not progress, desc="cache", file=sys.stderr)
+    for start in range(0, count, CACHE_CHUNK):
+        stop = min(count, start + CACHE_CHUNK)
+        path = None if cache_dir is None else cache_dir / f"scenes_{key}_{start:06d}_{stop:06d}.pt"
+        if path is not None and path.is_file():
+            chunk = torch.load(path, weights_only=False)
+            bar.update(len(chunk))
+        else:
+            chunk = []
+            for index in range(start, stop):
+                scene = training_scene(seed, index)
+                grid = encode_windows(extractor, extractor.windows(scene.image)).half()
+                chunk.append(CachedScene(grid, scene_keys_of(scene)))
+                bar.update(1)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(chunk, path.with_suffix(".tmp"))
+                path.with_suffix(".tmp").replace(path)
+        scenes.extend(chunk)
+    bar.close()
+    return scenes
+
+
+@dataclass
+class EvalSet:
+    """Fixed hard 640x480 scenes (never trained on) to watch pointing while training."""
+
+    grids: list[tuple[torch.Tensor, WindowBatch]]
+    """Per scene, its raw window cells and their windows (to assemble them as ``extract``)."""
+    cell_objects: list[list[np.ndarray]]
+    """Per scene, per object: a bool per cell, True where the cell's centre is on it."""
+    full: list[torch.Tensor]
+    """Per scene, the (n_objects, D) text features of the full names."""
+    shape: list[torch.Tensor]
+    """Per scene, the (n_objects, D) text features of the shape-only phrases."""
+
+
+def build_eval_set(embedder: ClipEmbedder, extractor: DenseFeatureExtractor, count: int) -> EvalSet:
+    """``count`` hard 640x480 scenes of seen combos from :data:`EVAL_SEED` on, with the
+    query-time text features (the embedder's prompt ensemble) of their objects' names."""
+    grids, cells, full, shape = [], [], [], []
+    for i in range(count):
+        scene = sw.generate_scene(EVAL_SEED + i, hard=True, which="seen")
+        batch = extractor.windows(scene.image)
+        grid = encode_windows(extractor, batch)
+        rows, cols = batch.grid_shape
+        height, width = scene.image.shape[:2]
+        ys = ((np.arange(rows) + 0.5) * height / rows).astype(int)
+        xs = ((np.arange(cols) + 0.5) * width / cols).astype(int)
+        grids.append((grid, WindowBatch(torch.empty(0), batch.origins, batch.grid_shape)))
+        cells.append([o.mask[np.ix_(ys, xs)].reshape(-1) for o in scene.objects])
+        full.append(
+            torch.from_numpy(
+                embedder.embed_text([sw.query_phrase("full", o) for o in scene.objects])
+            )
+        )
+        shape.append(
+            torch.from_numpy(
+                embedder.embed_text([sw.query_phrase("shape", o) for o in scene.objects])
+            )
+        )
+    return EvalSet(grids, cells, full, shape)
+
+
+@torch.no_grad()
+def pointing(head: torch.nn.Module, data: EvalSet) -> dict[str, float]:
+    """Share of objects whose full name / shape's best cell lies on them, on the grid the
+    extractor would give with ``head``."""
+    hits = {"full": [], "shape": []}
+    for (grid, batch), on, full, shape in zip(
+        data.grids, data.cell_objects, data.full, data.shape, strict=True
+    ):
+        cells = assemble(head(grid), batch).reshape(-1, full.shape[1])
+        for kind, text in (("full", full), ("shape", shape)):
+            best = (cells @ text.T).argmax(dim=0)
+            hits[kind].extend(bool(on[k][int(best[k])]) for k in range(len(on)))
+    return {f"point_{k}": round(float(np.mean(v)), 4) for k, v in hits.items()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The clic objective's own options of ``semret-train``."""
+    g = p.add_argument_group("clic objective")
+    g.add_argument("--scenes", type=int, default=1200, help="clic: training scenes (cached)")
+    g.add_argument("--captions-per-image", type=int, default=2, help="clic: captions per scene")
+    g.add_argument("--cache-dir", type=Path, default=None, help="clic: frozen cells cache")
+    g.add_argument("--head-hidden", type=int, default=128, help="clic: head channels")
+    g.add_argument("--head-layers", type=int, default=3, help="clic: 3x3 conv layers")
+    g.add_argument(
+        "--pool-temperature", type=float, default=0.07, help="clic: soft maximum over cells"
+    )
+    g.add_argument("--eval-scenes", type=int, default=20, help="clic: scenes of periodic eval")
+    g.add_argument(
+        "--logit-scale",
+        type=float,
+        default=0.0,
+        help="clic: initial (learned) logit scale of the pooled scores; 0: the CLIP's own",
+    )
+
+
+def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def scene_order(seed: int, step: int, batch: int, count: int) -> list[int]:
+    """Scene indices of ``step``: epochs of seeded permutations, a function of the step."""
+    out = []
+    for position in range(step * batch, (step + 1) * batch):
+        epoch, slot = divmod(position, count)
+        out.append(int(np.random.default_rng((seed, epoch, 0xC11C)).permutation(count)[slot]))
+    return out
+
+
+def train_clic(args: argparse.Namespace, argv: list[str]) -> int:
+    """``semret-train --objective clic``: see the module docstring."""
+    if args.init is None:
+        raise SystemExit("--objective clic needs --init (the model folder whose towers it uses)")
+    if args.scenes < args.batch_size:
+        raise SystemExit("--scenes must be >= --batch-size")
+    if args.captions_per_image < 1 or args.pool_temperature <= 0:
+        raise SystemExit("--captions-per-image must be >= 1 and --pool-temperature > 0")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    folder = Path(args.init).resolve()
+    embedder = ClipEmbedder(
+        ClipConfig(model_name="shapes", pretrained=f"{LOCAL_DIR_PREFIX}{folder}")
+    )
+    extractor = DenseFeatureExtractor.from_embedder(embedder, DenseConfig(head=False))
+    model = embedder.model.eval().requires_grad_(False)
+    head = DenseHead(int(model.visual.output_dim), args.head_hidden, args.head_layers)
+    start_scale = (
+        math.log(args.logit_scale) if args.logit_scale > 0 else float(model.logit_scale.item())
+    )
+    logit_scale = torch.nn.Parameter(torch.tensor(start_scale))
+    weights = [p for p in head.parameters() if p.ndim >= 2]
+    gains = [p for p in head.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": weights, "weight_decay": args.weight_decay},
+            {"params": [*gains, logit_scale], "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+    )
+    start, history = 0, []
+    ckpt_path = None if args.checkpoint_dir is None else args.checkpoint_dir / CHECKPOINT_NAME
+    if args.resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        head.load_state_dict(ckpt["head"])
+        with torch.no_grad():
+            logit_scale.copy_(ckpt["logit_scale"])
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start, history = int(ckpt["step"]), list(ckpt["history"])
+
+    captions = sorted(sw.caption_space(sw.SEEN_COMBOS, varied=True))
+    with torch.no_grad():
+        text = torch.cat(
+            [
+                F.normalize(
+                    model.encode_text(embedder.tokenizer(captions[i : i + 256])).float(), dim=-1
+                )
+                for i in range(0, len(captions), 256)
+            ]
+        )
+    text_of = {c: text[i] for i, c in enumerate(captions)}
+    scenes = load_scenes(
+        extractor,
+        args.seed,
+        args.scenes,
+        args.cache_dir,
+        not args.no_progress,
+        embedder.weights_file,
+    )
+    eval_set = build_eval_set(embedder, extractor, args.eval_scenes) if args.eval_every else None
+    if eval_set is not None and start == 0:
+        head.eval()
+        record = {"step": 0, **pointing(head, eval_set)}
+        history.append(record)
+        tqdm.write(json.dumps(record), file=sys.stderr)
+
+    t0 = time.monotonic()
+    bar = tqdm(
+        total=args.steps, initial=start, disable=args.no_progress, desc="clic", file=sys.stderr
+    )
+    step = start
+    while step < args.steps:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, args.steps, args.warmup, args.lr)
+        batch = [scenes[i] for i in scene_order(args.seed, step, args.batch_size, len(scenes))]
+        texts, keys = [], []
+        for slot, scene in enumerate(batch):
+            rng = np.random.default_rng((args.seed, step, slot, 0xCA9))
+            for caption, key in draw_captions(rng, scene.keys, args.captions_per_image):
+                texts.append(text_of[caption])
+                keys.append(key)
+        caption_features = torch.stack(texts)
+        pos = caption_positives([s.keys for s in batch], torch.tensor(keys, dtype=torch.long))
+        head.train()
+        scores = pooled_scores(
+            head, [s.grid for s in batch], caption_features, args.pool_temperature
+        )
+        loss = soft_info_nce(logit_scale.exp() * scores, pos)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            logit_scale.clamp_(0, math.log(100))
+        step += 1
+        record = {"step": step, "loss": round(loss.item(), 4)}
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{logit_scale.exp().item():.1f}")
+        if eval_set is not None and (step % args.eval_every == 0 or step == args.steps):
+            head.eval()
+            record.update(pointing(head, eval_set))
+            tqdm.write(json.dumps(record), file=sys.stderr)
+        history.append(record)
+        stopping = step == args.stop_at
+        if ckpt_path is not None and (
+            step % args.save_every == 0 or step == args.steps or stopping
+        ):
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save(
+                {
+                    "head": head.state_dict(),
+                    "logit_scale": logit_scale.detach(),
+                    "optimizer": opt.state_dict(),
+                    "step": step,
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                },
+                tmp,
+            )
+            tmp.replace(ckpt_path)
+        if stopping:
+            break
+    bar.close()
+    head.eval()
+    written = save_dense_head(head, args.output, embedder.weights_file)
+    summary = {
+        "steps": step,
+        "seconds_this_run": round(time.monotonic() - t0, 1),
+        "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+        "final_eval": next((h for h in reversed(history) if "point_full" in h), None),
+        "head": str(written),
+        "args": argv,
+    }
+    print(json.dumps(summary))
+    return 0
