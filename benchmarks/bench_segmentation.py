@@ -25,6 +25,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea")
 SEGMENTERS = {
     "felzenszwalb full-res (baseline)": SuperpixelConfig(method="felzenszwalb", downscale=1.0),
     "felzenszwalb downscale 2 (default)": SuperpixelConfig(method="felzenszwalb"),
+    "  sigma 0.8, no edge snapping (before)": SuperpixelConfig(sigma=0.8, edge_passes=0),
     "slic downscale 2": SuperpixelConfig(method="slic"),
 }
 

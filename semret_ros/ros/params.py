@@ -234,6 +234,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         high=16.0,
     ),
     _spec(
+        "segmenter.superpixel.edge_passes",
+        _SUPERPIXEL.edge_passes,
+        "Passes that move region edges onto colour edges at full resolution: an edge pixel "
+        "joins the touching region whose nearby colour is closest, so blurred outlines stay "
+        "with their object (each pass moves an edge by up to one pixel; 0: off).",
+        low=0,
+        high=100,
+    ),
+    _spec(
         "segmenter.sam2.checkpoint",
         "",
         "shapes_default (the shipped small SAM2, trained on the shapes world) or the path of "
@@ -681,6 +690,7 @@ def pipeline_config(values: Mapping[str, ParamValue]) -> PipelineConfig:
             n_segments=int(values["segmenter.superpixel.n_segments"]),
             compactness=float(values["segmenter.superpixel.compactness"]),
             downscale=float(values["segmenter.superpixel.downscale"]),
+            edge_passes=int(values["segmenter.superpixel.edge_passes"]),
         )
     model = str(values["clip.model"])
     pretrained: str | None = str(values["clip.pretrained"]) or None

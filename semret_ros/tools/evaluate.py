@@ -640,6 +640,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fz-min-size", type=int, default=superpixel_defaults.min_size)
     p.add_argument("--slic-segments", type=int, default=superpixel_defaults.n_segments)
     p.add_argument("--downscale", type=float, default=superpixel_defaults.downscale)
+    p.add_argument(
+        "--edge-passes",
+        type=int,
+        default=superpixel_defaults.edge_passes,
+        help="passes that snap superpixel edges onto colour edges (0: off)",
+    )
     p.add_argument("--panels", type=int, default=2, help="write panels for the first K scenes")
     p.add_argument(
         "--depth",
@@ -689,6 +695,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
             min_size=args.fz_min_size,
             n_segments=args.slic_segments,
             downscale=args.downscale,
+            edge_passes=args.edge_passes,
         )
     # Ground-truth masks are neither too small to embed nor over-segmented: refining them
     # could only drop or fuse true objects.
