@@ -37,6 +37,8 @@ SAM2_MODEL_ARGS ?= --output $(BUILD)/sam2_model \
   --export semret_ros/models/sam2_shapes_default/sam2_shapes.pt --steps 3000 --images 2 \
   --prompts 16 --lr 1e-3 --warmup 50 --focal-weight 1 --seed 0 --threads 1 --workers 1 \
   --save-every 50 --eval-every 250 --eval-scenes 10
+# `make sam2-model SAM2_DEVICE=cuda` trains on a GPU (same data and recipe).
+SAM2_DEVICE ?= cpu
 DEMO_ARGS ?=
 
 # ament_index (share dirs, the installed interfaces) and CMake find everything in the venv.
@@ -93,7 +95,7 @@ model: build
 	$(PY) -m semret_ros.tools.train $(MODEL_CLIC_ARGS)
 
 sam2-model: build
-	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_MODEL_ARGS) \
+	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_MODEL_ARGS) --device $(SAM2_DEVICE) \
 	  $$(test -f $(BUILD)/sam2_model/last.pt && echo --resume)
 
 demo: build

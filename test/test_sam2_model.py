@@ -185,6 +185,17 @@ def test_training_steps_lower_the_loss(small_yaml):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_runs_on_cuda(small_yaml, tmp_path):
+    args = ["--model-cfg", small_yaml, "--steps", "2", "--images", "1", "--prompts", "2"]
+    args += ["--eval-scenes", "1", "--workers", "0", "--no-progress", "--warmup", "1"]
+    export = tmp_path / "cuda.pt"
+    args += ["--device", "cuda", "--output", str(tmp_path / "run"), "--export", str(export)]
+    assert train_sam2.main(args) == 0
+    weights = torch.load(export, weights_only=True)["model"]
+    assert all(value.device.type == "cpu" for value in weights.values())
+
+
 def test_training_resumes_where_it_stopped(small_yaml, tmp_path):
     common = ["--model-cfg", small_yaml, "--steps", "2", "--images", "1", "--prompts", "2"]
     common += ["--eval-scenes", "1", "--workers", "0", "--no-progress", "--warmup", "1"]

@@ -249,17 +249,18 @@ def prompt_loss(
     for prompt in prompts:
         groups.setdefault((len(prompt.labels), prompt.multimask), []).append(prompt)
     image_embed = features["image_embed"]
+    device = image_embed.device
     high_res = features["high_res_feats"]
     dense_pe = model.sam_prompt_encoder.get_dense_pe()
     parts = {"focal": [], "dice": [], "iou": [], "object": [], "actual": []}
     for (_count, multimask), group in sorted(groups.items()):
-        index = torch.tensor([p.image_index for p in group])
+        index = torch.tensor([p.image_index for p in group], device=device)
         coords = torch.from_numpy(
             np.stack([_to_input_frame(p.coords, image_sizes[p.image_index], size) for p in group])
-        )
-        labels = torch.from_numpy(np.stack([p.labels for p in group]))
+        ).to(device)
+        labels = torch.from_numpy(np.stack([p.labels for p in group])).to(device)
         targets = torch.from_numpy(np.stack([_target_at(p.target, loss_size) for p in group]))
-        targets = targets.float().unsqueeze(1)
+        targets = targets.to(device).float().unsqueeze(1)
         sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         low_res, iou_pred, _, object_logits = model.sam_mask_decoder(
             image_embeddings=image_embed[index],
@@ -286,7 +287,7 @@ def prompt_loss(
         parts["iou"].append(F.mse_loss(iou_pred, actual, reduction="none").mean(1))
         parts["object"].append(
             F.binary_cross_entropy_with_logits(
-                object_logits.squeeze(1), torch.ones(len(group)), reduction="none"
+                object_logits.squeeze(1), torch.ones(len(group), device=device), reduction="none"
             )
         )
         parts["actual"].append(actual.gather(1, best).squeeze(1))
@@ -349,7 +350,7 @@ def training_step(
     """One optimiser step on a batch from :func:`train_batch`."""
     images, prompts, sizes = batch
     model.train()
-    features = image_features(model, images)
+    features = image_features(model, images.to(next(model.parameters()).device))
     loss = prompt_loss(model, features, prompts, sizes, focal_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()

@@ -239,6 +239,18 @@ well kept the same share of the shapes scenes' object pixels in their regions, a
 _NO_LABEL = np.iinfo(np.int32).max
 
 
+def label_edges(labels: np.ndarray) -> np.ndarray:
+    """HxW bool: pixels with a 4-neighbour of another label (both sides of every edge)."""
+    edges = np.zeros(labels.shape, bool)
+    across = labels[:, 1:] != labels[:, :-1]
+    edges[:, 1:] |= across
+    edges[:, :-1] |= across
+    down = labels[1:] != labels[:-1]
+    edges[1:] |= down
+    edges[:-1] |= down
+    return edges
+
+
 def snap_edges(image: np.ndarray, labels: np.ndarray, passes: int) -> np.ndarray:
     """Move region edges onto the colour edges of ``image`` (a new HxW int32 label image).
 
@@ -265,14 +277,7 @@ def snap_edges(image: np.ndarray, labels: np.ndarray, passes: int) -> np.ndarray
     # Only pixels whose samples changed can decide differently in the next pass.
     active = ids > 0
     for _ in range(passes):
-        edge = np.zeros(ids.shape, bool)
-        across = ids[:, 1:] != ids[:, :-1]
-        edge[:, 1:] |= across
-        edge[:, :-1] |= across
-        down = ids[1:] != ids[:-1]
-        edge[1:] |= down
-        edge[:-1] |= down
-        rows, cols = np.nonzero(edge & active & (ids > 0))
+        rows, cols = np.nonzero(label_edges(ids) & active & (ids > 0))
         if rows.size == 0:
             break
         padded = np.pad(ids, pad).reshape(-1)
@@ -384,13 +389,7 @@ def prompt_points(labels: np.ndarray, grid_side: int) -> np.ndarray:
     if grid_side < 0:
         raise ValueError(f"grid_side must be >= 0, got {grid_side!r}")
     height, width = labels.shape
-    edges = np.zeros(labels.shape, bool)
-    across = labels[:, 1:] != labels[:, :-1]
-    edges[:, 1:] |= across
-    edges[:, :-1] |= across
-    down = labels[1:] != labels[:-1]
-    edges[1:] |= down
-    edges[:-1] |= down
+    edges = label_edges(labels)
     edges[[0, -1], :] = True
     edges[:, [0, -1]] = True
     distance = cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, 3)

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--focal-weight", type=float, default=FOCAL_WEIGHT, help="focal loss weight (dice: 1)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to train on (cuda: the data is still drawn on the CPU workers)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: deterministic)")
     p.add_argument(
         "--workers", type=int, default=1, help="processes drawing scenes (0: the main one)"
@@ -167,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.evaluate:
         source = resolve_sam2_checkpoint(args.evaluate, args.model_cfg)
-        model = build_sam2_model(source.model_cfg, source.checkpoint)
+        model = build_sam2_model(source.model_cfg, source.checkpoint, device=args.device)
         scenes = {r: evaluation_scenes(r, args.eval_scenes) for r in ("test", "train")}
         print(json.dumps({"checkpoint": args.evaluate, **_evaluate(model, scenes, -1)}))
         return 0
@@ -178,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     args.output.mkdir(parents=True, exist_ok=True)
     state_path = args.output / STATE_FILE
-    model = build_sam2_model(args.model_cfg, None, eval_mode=False)
+    model = build_sam2_model(args.model_cfg, None, device=args.device, eval_mode=False)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
     optimizer = torch.optim.AdamW(
@@ -189,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         if not state_path.is_file():
             raise SystemExit(f"--resume: no training state at {state_path}")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location=args.device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
