@@ -24,13 +24,14 @@ MODEL_STAGE1_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
 MODEL_ARGS ?= --model-config semret_ros/models/shapes_tiny.json --init $(BUILD)/model_stage1 \
   --output semret_ros/models/shapes_default --recipe 2 --steps 400 --batch-size 128 --lr 5e-4 \
   --warmup 20 --seed 1 --workers 2 --threads 1 --eval-every 200 --eval-crops 200 --fp16
-# Stage 3 (CLIC, seed 002): the dense head on the frozen stage-2 model, from captioned whole
-# scenes without masks, written into the model folder as dense_head.safetensors.
-MODEL_CLIC_ARGS ?= --objective clic --init semret_ros/models/shapes_default \
-  --output semret_ros/models/shapes_default --scenes 1000 --batch-size 32 \
-  --captions-per-image 3 --steps 600 --lr 1e-3 --warmup 30 --weight-decay 0.05 --seed 0 \
-  --threads 1 --eval-every 100 --eval-scenes 20 --save-every 50 \
-  --checkpoint-dir $(BUILD)/clic --cache-dir $(BUILD)/clic/cache
+# Stage 3 (seed 002): the dense head on the frozen stage-2 model, region-supervised
+# (clic-region: cells pooled over each object's true mask against its caption, plus the CLIC
+# loss on the same scenes), written into the model folder as dense_head.safetensors.
+MODEL_CLIC_ARGS ?= --objective clic-region --init semret_ros/models/shapes_default \
+  --output semret_ros/models/shapes_default --scenes 2000 --batch-size 32 \
+  --captions-per-image 3 --clic-weight 1 --background-regions 2 --steps 1000 --lr 1e-3 \
+  --warmup 50 --weight-decay 0.05 --seed 0 --threads 1 --eval-every 250 --eval-scenes 20 \
+  --save-every 250 --checkpoint-dir $(BUILD)/clic_region --cache-dir $(BUILD)/clic_region/cache
 # `make sam2-model` re-trains the shipped small SAM2 (semret_ros/models/sam2_shapes_default, see
 # its MODEL_CARD.md) from its seed; an interrupted run continues from $(BUILD)/sam2_model.
 SAM2_MODEL_ARGS ?= --output $(BUILD)/sam2_model \

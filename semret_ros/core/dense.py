@@ -95,7 +95,8 @@ class DenseConfig:
     """Windows per encoder pass."""
     head: bool = True
     """Apply the model folder's learned dense head (:data:`HEAD_FILE`, trained by
-    ``semret-train --objective clic``) when it has one; False: the training-free cells."""
+    ``semret-train --objective clic-region`` or ``clic``) when it has one; False: the
+    training-free cells."""
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
@@ -193,7 +194,7 @@ def load_dense_head(path: Path, dim: int, weights_file: Path | None) -> DenseHea
             retrain it or switch it off).
     """
     fix = (
-        "retrain it (semret-train --objective clic --init <model folder>), delete it, or "
+        "retrain it (semret-train --objective clic-region --init <model folder>), delete it, or "
         "switch it off (dense.head: false)"
     )
     try:
@@ -503,27 +504,43 @@ def cell_ids(height: int, width: int, grid_shape: tuple[int, int]) -> np.ndarray
     return row_of[:, None] * cols + col_of[None, :] + 1
 
 
-def pool_regions(grid: np.ndarray, instance_ids: np.ndarray, num_regions: int) -> np.ndarray:
-    """(N, D) L2-normalised mean dense feature of each region 1..N of an id image.
-
-    Each region's mask is downsampled to the grid: a cell counts when the region covers at
-    least half of it (semantic_inference's rule). A region that covers no cell by half (smaller
-    than a cell, or a thin strip) takes the cells it touches, weighted by how much of each it
-    covers, so every region gets a feature. Cost: one pass over the pixels (a bincount) and
-    one (N, cells) x (cells, D) product, so about flat in the number of regions.
-    """
-    rows, cols, dim = grid.shape
+def region_coverage(
+    instance_ids: np.ndarray, num_regions: int, grid_shape: tuple[int, int]
+) -> np.ndarray:
+    """(N + 1, h * w) share of each cell of an (h, w) grid covered by each region of an id
+    image: row 0 for id 0 (what no region covers), row k for region k. One bincount."""
+    rows, cols = grid_shape
     ids = check_instance_ids(instance_ids, num_regions)
     cells = cell_ids(*ids.shape, (rows, cols)) - 1
     counts = np.bincount(
         (ids.astype(np.int64) * (rows * cols) + cells).reshape(-1),
         minlength=(num_regions + 1) * rows * cols,
-    ).reshape(num_regions + 1, rows * cols)[1:]
+    ).reshape(num_regions + 1, rows * cols)
     cell_area = np.bincount(cells.reshape(-1), minlength=rows * cols)
-    coverage = counts / np.maximum(cell_area, 1)
+    return counts / np.maximum(cell_area, 1)
+
+
+def pooling_weights(coverage: np.ndarray) -> np.ndarray:
+    """(N, cells) weights of each region's cells from its (N, cells) :func:`region_coverage`.
+
+    A cell counts when the region covers at least half of it (semantic_inference's rule). A
+    region that covers no cell by half (smaller than a cell, or a thin strip) takes the cells
+    it touches, weighted by how much of each it covers, so every region gets a feature. The
+    dense head's region objective trains on exactly these weights.
+    """
     weights = (coverage >= 0.5).astype(np.float64)
     small = ~weights.any(axis=1)
     weights[small] = coverage[small]
+    return weights
+
+
+def pool_regions(grid: np.ndarray, instance_ids: np.ndarray, num_regions: int) -> np.ndarray:
+    """(N, D) L2-normalised mean dense feature of each region 1..N of an id image, over its
+    cells as :func:`pooling_weights` weighs them. Cost: one pass over the pixels (a
+    bincount) and one (N, cells) x (cells, D) product, so about flat in the number of regions.
+    """
+    rows, cols, dim = grid.shape
+    weights = pooling_weights(region_coverage(instance_ids, num_regions, (rows, cols))[1:])
     pooled = weights @ grid.reshape(rows * cols, dim).astype(np.float64)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
     empty = norms[:, 0] == 0

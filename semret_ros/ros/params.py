@@ -420,8 +420,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "dense.head",
         _CLIP.dense.head,
         "Apply the CLIP model folder's learned dense head (dense_head.safetensors, trained by "
-        "semret-train --objective clic) to the dense cells when the folder has one; false: "
-        "the training-free cells.",
+        "semret-train --objective clic-region or clic) to the dense cells when the folder has "
+        "one; false: the training-free cells.",
     ),
     # ----------------------------------------------------------------- refine
     _spec(

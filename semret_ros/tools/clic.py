@@ -19,6 +19,20 @@ against every caption, every caption against every scene), with the targets spre
 caption true of the scene (a caption naming a shape the scene has twice, or a colour-only one,
 is true of more than one scene).
 
+Region objective (``--objective clic-region``): the same head, cache and loop, supervised
+through the objects' ground-truth masks instead of captions of whole scenes. Each object's
+mask is downsampled to the cell grid exactly as :func:`~semret_ros.core.dense.pool_regions`
+does for ``clip.region_features: dense`` (:func:`~semret_ros.core.dense.pooling_weights`), the
+head's unit cells are averaged over it, and that region feature is contrasted with a recipe-2
+caption of the object (full, colour-only or shape-only wordings) by the same soft symmetric
+InfoNCE over every region and caption of the batch. The background is cut into up to
+``--background-regions`` random pieces (cells grouped around random seed cells, like large
+superpixels), each captioned with recipe 2's background / generic captions, so cells off every
+object learn to say "background" rather than the nearest object's name. Pooling over the true
+masks is what the crop CLIP is trained on too; the towers stay frozen. Pooled targets say
+nothing about a single cell, so ``--clic-weight`` adds the clic loss on the same scenes to
+keep mask-free pointing.
+
 Everything upstream of the head is frozen, so each training scene's cells are computed once
 and cached (``--cache-dir``, chunks of :data:`CACHE_CHUNK` scenes; a resumed run reuses them),
 as are the captions' text features. Sample order and captions are pure functions of (seed,
@@ -48,6 +62,8 @@ from semret_ros.core.dense import (
     WindowBatch,
     assemble,
     file_digest,
+    pooling_weights,
+    region_coverage,
     save_dense_head,
 )
 from semret_ros.core.embedder import LOCAL_DIR_PREFIX, ClipConfig, ClipEmbedder
@@ -57,6 +73,9 @@ WILDCARD = -1
 """A caption key entry that matches any value (a colour-only caption has no shape)."""
 OTHER_COLOR = len(sw.COLORS)
 """Colour index of an off-palette object: no colour caption names it."""
+BACKGROUND_KEY = (OTHER_COLOR + 1, len(sw.SHAPES))
+"""Key of background regions and captions: no object caption names it, and no background
+caption names an object."""
 CACHE_CHUNK = 100
 """Training scenes per cache file."""
 CHECKPOINT_NAME = "clic_checkpoint.pt"
@@ -144,6 +163,48 @@ class CachedScene:
     """(M, h, w, D) float16 raw tower cells of the scene's windows."""
     keys: list[tuple[int, int]]
     """Its objects' (colour, shape) keys."""
+    regions: torch.Tensor | None = None
+    """Region objective only: (1 + N, h * w) float32 pooling weights over the grid's cells of
+    the background (row 0) and of each object (:func:`~semret_ros.core.dense.pooling_weights`)."""
+    layout: WindowBatch | None = None
+    """Region objective only: the windows' places in the grid (no pixels), to assemble it."""
+
+
+def region_weights(scene: sw.Scene, grid_shape: tuple[int, int]) -> torch.Tensor:
+    """(1 + N, h * w) pooling weights of the background and each object of ``scene``."""
+    ids = scene.instance_ids
+    coverage = region_coverage(ids, len(scene.objects), grid_shape)
+    return torch.from_numpy(pooling_weights(coverage)).float()
+
+
+def background_pieces(
+    rng: np.random.Generator, weights: torch.Tensor, grid_shape: tuple[int, int], count: int
+) -> torch.Tensor:
+    """(k <= count, h * w) the background's pooling ``weights`` cut into pieces: each of its
+    cells joins the nearest of ``count`` random seed cells (a few large superpixels)."""
+    cells = torch.nonzero(weights > 0).flatten()
+    if count < 1 or cells.numel() == 0:
+        return weights.new_zeros(0, weights.numel())
+    seeds = cells[torch.from_numpy(rng.permutation(cells.numel())[:count])]
+    cols = grid_shape[1]
+    where = torch.stack([cells // cols, cells % cols], dim=1).float()
+    centres = torch.stack([seeds // cols, seeds % cols], dim=1).float()
+    nearest = torch.cdist(where, centres).argmin(dim=1)
+    pieces = weights.new_zeros(seeds.numel(), weights.numel())
+    pieces[nearest, cells] = weights[cells]
+    return pieces
+
+
+def region_features(
+    head: torch.nn.Module, scenes: list[CachedScene], weights: list[torch.Tensor]
+) -> torch.Tensor:
+    """(R, D) unit region features: per scene, the head's assembled unit cells averaged with
+    that scene's (r, h * w) ``weights`` (what ``pool_regions`` computes at query time)."""
+    out = []
+    for scene, w in zip(scenes, weights, strict=True):
+        cells = assemble(head(scene.grid.float()), scene.layout)
+        out.append(w @ cells.reshape(w.shape[1], -1))
+    return F.normalize(torch.cat(out), dim=-1)
 
 
 def training_scene(seed: int, index: int) -> sw.Scene:
@@ -170,13 +231,16 @@ def load_scenes(
     cache_dir: Path | None,
     progress: bool,
     weights_file: Path,
+    regions: bool = False,
 ) -> list[CachedScene]:
-    """The run's ``count`` training scenes' frozen cells, from ``cache_dir`` when there.
+    """The run's ``count`` training scenes' frozen cells, from ``cache_dir`` when there;
+    with ``regions``, also their objects' and background's pooling weights.
 
-    Cache files are named after the tower weights' digest, the input size and the seed, so a
-    retrained model or another grid never reads stale cells."""
+    Cache files are named after the tower weights' digest, the input size, the seed and
+    whether they hold regions, so a retrained model or another grid never reads stale cells."""
+    tag = " regions" if regions else ""
     key = hashlib.sha256(
-        f"{file_digest(weights_file)} {extractor.input_size} {seed}".encode()
+        f"{file_digest(weights_file)} {extractor.input_size} {seed}{tag}".encode()
     ).hexdigest()[:16]
     scenes: list[CachedScene] = []
     bar = tqdm(total=count, disable=not progress, desc="cache", file=sys.stderr)
@@ -190,8 +254,13 @@ def load_scenes(
             chunk = []
             for index in range(start, stop):
                 scene = training_scene(seed, index)
-                grid = encode_windows(extractor, extractor.windows(scene.image)).half()
-                chunk.append(CachedScene(grid, scene_keys_of(scene)))
+                batch = extractor.windows(scene.image)
+                grid = encode_windows(extractor, batch).half()
+                cached = CachedScene(grid, scene_keys_of(scene))
+                if regions:
+                    cached.regions = region_weights(scene, batch.grid_shape)
+                    cached.layout = WindowBatch(torch.empty(0), batch.origins, batch.grid_shape)
+                chunk.append(cached)
                 bar.update(1)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,12 +283,16 @@ class EvalSet:
     """Per scene, the (n_objects, D) text features of the full names."""
     shape: list[torch.Tensor]
     """Per scene, the (n_objects, D) text features of the shape-only phrases."""
+    regions: list[torch.Tensor]
+    """Per scene, the (n_objects, h * w) pooling weights of its objects' true masks."""
+    keys: list[list[tuple[int, int]]]
+    """Per scene, its objects' (colour, shape) keys."""
 
 
 def build_eval_set(embedder: ClipEmbedder, extractor: DenseFeatureExtractor, count: int) -> EvalSet:
     """``count`` hard 640x480 scenes of seen combos from :data:`EVAL_SEED` on, with the
     query-time text features (the embedder's prompt ensemble) of their objects' names."""
-    grids, cells, full, shape = [], [], [], []
+    grids, cells, full, shape, regions, keys = [], [], [], [], [], []
     for i in range(count):
         scene = sw.generate_scene(EVAL_SEED + i, hard=True, which="seen")
         batch = extractor.windows(scene.image)
@@ -230,6 +303,8 @@ def build_eval_set(embedder: ClipEmbedder, extractor: DenseFeatureExtractor, cou
         xs = ((np.arange(cols) + 0.5) * width / cols).astype(int)
         grids.append((grid, WindowBatch(torch.empty(0), batch.origins, batch.grid_shape)))
         cells.append([o.mask[np.ix_(ys, xs)].reshape(-1) for o in scene.objects])
+        regions.append(region_weights(scene, batch.grid_shape)[1:])
+        keys.append(scene_keys_of(scene))
         full.append(
             torch.from_numpy(
                 embedder.embed_text([sw.query_phrase("full", o) for o in scene.objects])
@@ -240,27 +315,40 @@ def build_eval_set(embedder: ClipEmbedder, extractor: DenseFeatureExtractor, cou
                 embedder.embed_text([sw.query_phrase("shape", o) for o in scene.objects])
             )
         )
-    return EvalSet(grids, cells, full, shape)
+    return EvalSet(grids, cells, full, shape, regions, keys)
 
 
 @torch.no_grad()
 def pointing(head: torch.nn.Module, data: EvalSet) -> dict[str, float]:
-    """Share of objects whose full name / shape's best cell lies on them, on the grid the
+    """Share of objects whose full name / shape's best cell lies on them (``point_*``), and
+    whose full name / shape's best true-mask region is one with that name / shape
+    (``region_*``: hit@1 of dense-pooled regions on perfect masks), on the grid the
     extractor would give with ``head``."""
-    hits = {"full": [], "shape": []}
-    for (grid, batch), on, full, shape in zip(
-        data.grids, data.cell_objects, data.full, data.shape, strict=True
+    hits = {"point_full": [], "point_shape": [], "region_full": [], "region_shape": []}
+    for (grid, batch), on, full, shape, weights, keys in zip(
+        data.grids,
+        data.cell_objects,
+        data.full,
+        data.shape,
+        data.regions,
+        data.keys,
+        strict=True,
     ):
         cells = assemble(head(grid), batch).reshape(-1, full.shape[1])
-        for kind, text in (("full", full), ("shape", shape)):
+        pooled = F.normalize(weights @ cells, dim=-1)
+        for kind, text, part in (("full", full, slice(0, 2)), ("shape", shape, slice(1, 2))):
             best = (cells @ text.T).argmax(dim=0)
-            hits[kind].extend(bool(on[k][int(best[k])]) for k in range(len(on)))
-    return {f"point_{k}": round(float(np.mean(v)), 4) for k, v in hits.items()}
+            hits[f"point_{kind}"].extend(bool(on[k][int(best[k])]) for k in range(len(on)))
+            chosen = (pooled @ text.T).argmax(dim=0)
+            hits[f"region_{kind}"].extend(
+                keys[int(chosen[k])][part] == keys[k][part] for k in range(len(keys))
+            )
+    return {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The clic objective's own options of ``semret-train``."""
-    g = p.add_argument_group("clic objective")
+    """The clic and clic-region objectives' own options of ``semret-train``."""
+    g = p.add_argument_group("clic and clic-region objectives")
     g.add_argument("--scenes", type=int, default=1200, help="clic: training scenes (cached)")
     g.add_argument("--captions-per-image", type=int, default=2, help="clic: captions per scene")
     g.add_argument("--cache-dir", type=Path, default=None, help="clic: frozen cells cache")
@@ -268,6 +356,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head-layers", type=int, default=3, help="clic: 3x3 conv layers")
     g.add_argument(
         "--pool-temperature", type=float, default=0.07, help="clic: soft maximum over cells"
+    )
+    g.add_argument(
+        "--background-regions",
+        type=int,
+        default=2,
+        help="clic-region: at most this many captioned background pieces per scene (0: none)",
+    )
+    g.add_argument(
+        "--clic-weight",
+        type=float,
+        default=0.0,
+        help="clic-region: weight of the clic loss on the same scenes, added to keep single "
+        "cells pointing (0: regions only)",
     )
     g.add_argument("--eval-scenes", type=int, default=20, help="clic: scenes of periodic eval")
     g.add_argument(
@@ -294,14 +395,69 @@ def scene_order(seed: int, step: int, batch: int, count: int) -> list[int]:
     return out
 
 
+def clic_batch(
+    args: argparse.Namespace,
+    step: int,
+    batch: list[CachedScene],
+    head: torch.nn.Module,
+    text_of: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scene-caption scores, their true pairs) of one clic step."""
+    texts, keys = [], []
+    for slot, scene in enumerate(batch):
+        rng = np.random.default_rng((args.seed, step, slot, 0xCA9))
+        for caption, key in draw_captions(rng, scene.keys, args.captions_per_image):
+            texts.append(text_of[caption])
+            keys.append(key)
+    pos = caption_positives([s.keys for s in batch], torch.tensor(keys, dtype=torch.long))
+    scores = pooled_scores(head, [s.grid for s in batch], torch.stack(texts), args.pool_temperature)
+    return scores, pos
+
+
+def region_batch(
+    args: argparse.Namespace,
+    step: int,
+    batch: list[CachedScene],
+    head: torch.nn.Module,
+    text_of: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(region-caption scores, their true pairs) of one clic-region step: every object's
+    and background piece's pooled feature against one caption of each."""
+    weights, texts, keys = [], [], []
+    for slot, scene in enumerate(batch):
+        rng = np.random.default_rng((args.seed, step, slot, 0x2E6))
+        for key in scene.keys:
+            caption, caption_key = draw_captions(rng, [key], 1)[0]
+            texts.append(text_of[caption])
+            keys.append((key, caption_key))
+        count = int(rng.integers(1, args.background_regions + 1)) if args.background_regions else 0
+        pieces = background_pieces(rng, scene.regions[0], scene.layout.grid_shape, count)
+        for _ in range(pieces.shape[0]):
+            caption = sw.GENERIC_TEMPLATES[int(rng.integers(len(sw.GENERIC_TEMPLATES)))]
+            texts.append(text_of[caption])
+            keys.append((BACKGROUND_KEY, BACKGROUND_KEY))
+        weights.append(torch.cat([scene.regions[1:], pieces]))
+    features = region_features(head, batch, weights)
+    pos = caption_positives(
+        [[region] for region, _ in keys], torch.tensor([c for _, c in keys], dtype=torch.long)
+    )
+    return features @ torch.stack(texts).T, pos
+
+
 def train_clic(args: argparse.Namespace, argv: list[str]) -> int:
-    """``semret-train --objective clic``: see the module docstring."""
+    """``semret-train --objective clic`` and ``--objective clic-region``: see the module
+    docstring."""
     if args.init is None:
-        raise SystemExit("--objective clic needs --init (the model folder whose towers it uses)")
+        raise SystemExit(
+            f"--objective {args.objective} needs --init (the model folder whose towers it uses)"
+        )
     if args.scenes < args.batch_size:
         raise SystemExit("--scenes must be >= --batch-size")
     if args.captions_per_image < 1 or args.pool_temperature <= 0:
         raise SystemExit("--captions-per-image must be >= 1 and --pool-temperature > 0")
+    if args.background_regions < 0 or args.clic_weight < 0:
+        raise SystemExit("--background-regions and --clic-weight must be >= 0")
+    regions = args.objective == "clic-region"
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -356,6 +512,7 @@ def train_clic(args: argparse.Namespace, argv: list[str]) -> int:
         args.cache_dir,
         not args.no_progress,
         embedder.weights_file,
+        regions,
     )
     eval_set = build_eval_set(embedder, extractor, args.eval_scenes) if args.eval_every else None
     if eval_set is not None and start == 0:
@@ -366,26 +523,23 @@ def train_clic(args: argparse.Namespace, argv: list[str]) -> int:
 
     t0 = time.monotonic()
     bar = tqdm(
-        total=args.steps, initial=start, disable=args.no_progress, desc="clic", file=sys.stderr
+        total=args.steps,
+        initial=start,
+        disable=args.no_progress,
+        desc=args.objective,
+        file=sys.stderr,
     )
     step = start
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, args.steps, args.warmup, args.lr)
         batch = [scenes[i] for i in scene_order(args.seed, step, args.batch_size, len(scenes))]
-        texts, keys = [], []
-        for slot, scene in enumerate(batch):
-            rng = np.random.default_rng((args.seed, step, slot, 0xCA9))
-            for caption, key in draw_captions(rng, scene.keys, args.captions_per_image):
-                texts.append(text_of[caption])
-                keys.append(key)
-        caption_features = torch.stack(texts)
-        pos = caption_positives([s.keys for s in batch], torch.tensor(keys, dtype=torch.long))
         head.train()
-        scores = pooled_scores(
-            head, [s.grid for s in batch], caption_features, args.pool_temperature
-        )
+        scores, pos = (region_batch if regions else clic_batch)(args, step, batch, head, text_of)
         loss = soft_info_nce(logit_scale.exp() * scores, pos)
+        if regions and args.clic_weight > 0:
+            scores, pos = clic_batch(args, step, batch, head, text_of)
+            loss = loss + args.clic_weight * soft_info_nce(logit_scale.exp() * scores, pos)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -72,12 +72,14 @@ gain, JPEG, wider crop padding), masks shifted without wrap-around, twice as man
 wordings, background regions also captioned with the generic query negatives, and hard
 negatives: samples come in pairs whose objects share exactly one
 attribute, their combinations cycling through every seen pair equally often."""
-OBJECTIVES = ("clip", "object-guided", "clic")
+OBJECTIVES = ("clip", "object-guided", "clic", "clic-region")
 """clip: the open_clip model itself (both towers, or the image tower alone with --lock-text).
 object-guided: seed 004's region encoder (:mod:`semret_ros.core.object_guided`) on the frozen
 --init CLIP, trained against its frozen text tower (LiT-style). clic: seed 002's dense head on
 the frozen --init CLIP's dense cells, trained on whole captioned scenes without masks
-(:mod:`semret_ros.tools.clic`), written into --output as the model folder's dense head."""
+(:mod:`semret_ros.tools.clic`), written into --output as the model folder's dense head.
+clic-region: the same head, trained on each object's (and background piece's) cells pooled
+over its true mask against its caption (region-supervised; same module, file and loader)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,8 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=OBJECTIVES,
         default="clip",
         help="what to train (see OBJECTIVES); object-guided needs --init (the frozen CLIP) "
-        "and writes an encoder folder for clip.region_encoder; clic needs --init and writes "
-        "the dense head into --output (the model folder, usually the same as --init)",
+        "and writes an encoder folder for clip.region_encoder; clic and clic-region need "
+        "--init and write the dense head into --output (the model folder, usually the same "
+        "as --init)",
     )
     p.add_argument(
         "--lock-text",
@@ -587,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--resume needs --checkpoint-dir")
     if args.objective == "object-guided" and args.init is None and not args.resume:
         raise SystemExit("--objective object-guided needs --init (the CLIP model it builds on)")
-    if args.objective == "clic":
+    if args.objective in ("clic", "clic-region"):
         return train_clic(args, [str(a) for a in (argv if argv is not None else sys.argv[1:])])
     if args.threads > 0:
         torch.set_num_threads(args.threads)
