@@ -142,6 +142,26 @@ def test_background_crops_are_deterministic_square_and_mostly_fill():
         assert crop.dtype == np.uint8 and crop.ndim == 3 and crop.shape[0] == crop.shape[1]
 
 
+def test_whole_background_patch_spans_the_frame_around_the_objects():
+    size, wholes = 160, 0
+    for seed in range(16):
+        patch, whole = (
+            sw.sample_background_crop(np.random.default_rng((seed, 3)), size, whole_share=share)
+            for share in (0.0, 1.0)
+        )
+        if np.array_equal(patch, whole):
+            continue  # a ribbon along an outline: whole_share only replaces patches
+        wholes += 1
+        # A crop is the region's box with padding: the whole background's box is the frame,
+        # a patch between objects is an ellipse at most 0.6 of the frame across.
+        assert whole.shape[0] >= size > patch.shape[0], (seed, whole.shape, patch.shape)
+    assert wholes >= 4
+    # Without it, the random stream is untouched (earlier recipes reproduce).
+    a = sw.sample_background_crop(np.random.default_rng(7), randomize=True)
+    b = sw.sample_background_crop(np.random.default_rng(7), randomize=True, whole_share=0.0)
+    assert np.array_equal(a, b)
+
+
 def test_background_samples_match_no_object_caption():
     dataset = ShapesDataset(seed=1, length=200, preprocess=_identity)
     samples = [dataset[i] for i in range(200)]

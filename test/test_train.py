@@ -217,4 +217,19 @@ def test_recipe_2_pairs_samples_that_differ_in_one_attribute():
     sample = data[1]
     assert sample.caption and np.asarray(sample.image).dtype == np.uint8
     with pytest.raises(ValueError, match="recipe"):
-        ShapesDataset(0, 10, lambda image: image, recipe=3)
+        ShapesDataset(0, 10, lambda image: image, recipe=4)
+
+
+def test_recipe_3_adds_frame_spanning_background_and_keeps_recipe_2_objects():
+    """Recipe 3 only changes background samples: its object samples are recipe 2's, so a
+    stage trained on recipe 2 still reproduces, and some background crops are the whole
+    background around the objects (a frame-sized patch with object-shaped holes)."""
+    two, three = (ShapesDataset(0, 2000, lambda image: image, recipe=r) for r in (2, 3))
+    changed = 0
+    for i in range(2000):
+        a, b = two[i], three[i]
+        if a.caption_key[0] <= len(sw.COLORS):  # an object sample
+            assert a.caption == b.caption and np.array_equal(a.image, b.image), i
+        else:
+            changed += not np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert changed > 0, "recipe 3 made no whole-background samples"

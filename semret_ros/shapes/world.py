@@ -794,13 +794,16 @@ def sample_background_crop(
     hard_prob: float = 0.5,
     padding: tuple[float, float] = (0.05, 0.2),
     randomize: bool = False,
+    whole_share: float = 0.0,
 ) -> np.ndarray:
     """A crop of a region that is no object, cut as the embedder cuts regions.
 
     Half are ribbons along an object's outline (the thin superpixels felzenszwalb leaves at
     blurred edges, whose masked crops look like outlines of shapes), half are background
-    patches between objects. Scenes use seen combos only. ``randomize`` as in
-    :func:`sample_crop`.
+    patches between objects. Of the patches, ``whole_share`` are the whole background around
+    the objects: a smooth wall or floor is one region spanning the frame, whose masked crop is
+    a frame-sized rectangle with holes, and a model that never saw one calls it a square of
+    the wall's colour. Scenes use seen combos only. ``randomize`` as in :func:`sample_crop`.
     """
     from semret_ros.core.visual_prompt import crop_region
 
@@ -833,6 +836,11 @@ def sample_background_crop(
         mask[ys[keep], xs[keep]] = True
     else:
         free = ~cv2.dilate(covered.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        # Drawn only when asked for, so that earlier recipes keep their random streams.
+        if whole_share > 0 and rng.random() < whole_share:
+            pad = float(rng.uniform(*padding))
+            image = simulate_camera(rng, scene.image) if randomize else scene.image
+            return crop_region(image, free, mode="masked_crop", padding=pad)
         ys, xs = np.nonzero(free)
         j = int(rng.integers(len(ys)))
         blob = np.zeros((scene_size, scene_size), np.uint8)

@@ -65,13 +65,18 @@ OFF_PALETTE_SHARE = 0.6
 """Share of shape-only samples whose object is painted in an unnamed colour."""
 BACKGROUND_SHARE = 0.12
 """Share of samples that are background regions captioned "background", "texture", ..."""
-RECIPES = (1, 2)
+RECIPES = (1, 2, 3)
 """Shapes-world data recipes. 1: the original crops and captions. 2: domain-randomised crops
 (anti-aliasing, lighting, fine textures, more background families, scale, camera blur, noise,
 gain, JPEG, wider crop padding), masks shifted without wrap-around, twice as many caption
 wordings, background regions also captioned with the generic query negatives, and hard
 negatives: samples come in pairs whose objects share exactly one
-attribute, their combinations cycling through every seen pair equally often."""
+attribute, their combinations cycling through every seen pair equally often. 3: recipe 2, with
+a third of the background patches being the whole background around the objects (the one
+frame-spanning region a smooth wall becomes). Each recipe keeps the earlier ones' data, so
+the stages that used them still reproduce."""
+WHOLE_BACKGROUND_SHARE = 1 / 3
+"""Recipe 3's share of background patches that are the whole background."""
 OBJECTIVES = ("clip", "object-guided", "clic", "clic-region")
 """clip: the open_clip model itself (both towers, or the image tower alone with --lock-text).
 object-guided: seed 004's region encoder (:mod:`semret_ros.core.object_guided`) on the frozen
@@ -134,9 +139,14 @@ class ShapesDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         rng = np.random.default_rng((self.seed, index))
-        varied = self.recipe == 2
+        varied = self.recipe >= 2
         if rng.random() < BACKGROUND_SHARE:
-            crop = sw.sample_background_crop(rng, padding=_padding(varied), randomize=varied)
+            crop = sw.sample_background_crop(
+                rng,
+                padding=_padding(varied),
+                randomize=varied,
+                whole_share=WHOLE_BACKGROUND_SHARE if self.recipe >= 3 else 0.0,
+            )
             captions = sw.GENERIC_TEMPLATES if varied else sw.BACKGROUND_TEMPLATES
             text = captions[int(rng.integers(len(captions)))]
             # Indices past every colour and shape: no object caption describes a background.
@@ -362,7 +372,7 @@ def init_from(model: torch.nn.Module, model_cfg: dict, folder: Path, recipe: int
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in kept.items()}, strict=False)
     teacher, _, teacher_tokenizer = build_model(folder_cfg)
     teacher.load_state_dict(state)
-    captions = sorted(sw.caption_space(sw.SEEN_COMBOS, varied=recipe == 2))
+    captions = sorted(sw.caption_space(sw.SEEN_COMBOS, varied=recipe >= 2))
     with torch.no_grad():
         targets = F.normalize(teacher.eval().encode_text(teacher_tokenizer(captions)), dim=-1)
     fit_text_projection(model, packaged_tokenizer(packaged_text_cfg(model_cfg)), captions, targets)
