@@ -788,6 +788,19 @@ def simulate_camera(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return out
 
 
+def _patch_of(rng: np.random.Generator, free: np.ndarray) -> np.ndarray:
+    """A random ellipse of background between the objects (``free``), or all of it when the
+    ellipse misses it."""
+    size = free.shape[0]
+    ys, xs = np.nonzero(free)
+    j = int(rng.integers(len(ys)))
+    blob = np.zeros(free.shape, np.uint8)
+    axes = tuple(int(a) for a in rng.uniform(0.08, 0.3, 2) * size)
+    cv2.ellipse(blob, (int(xs[j]), int(ys[j])), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+    mask = blob.astype(bool) & free
+    return mask if mask.any() else free
+
+
 def sample_background_crop(
     seed: int | np.random.Generator | tuple[int, ...],
     scene_size: int = 160,
@@ -837,18 +850,8 @@ def sample_background_crop(
     else:
         free = ~cv2.dilate(covered.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         # Drawn only when asked for, so that earlier recipes keep their random streams.
-        if whole_share > 0 and rng.random() < whole_share:
-            pad = float(rng.uniform(*padding))
-            image = simulate_camera(rng, scene.image) if randomize else scene.image
-            return crop_region(image, free, mode="masked_crop", padding=pad)
-        ys, xs = np.nonzero(free)
-        j = int(rng.integers(len(ys)))
-        blob = np.zeros((scene_size, scene_size), np.uint8)
-        axes = tuple(int(a) for a in rng.uniform(0.08, 0.3, 2) * scene_size)
-        cv2.ellipse(blob, (int(xs[j]), int(ys[j])), axes, rng.uniform(0, 180), 0, 360, 1, -1)
-        mask = blob.astype(bool) & free
-        if not mask.any():
-            mask = free
+        whole = whole_share > 0 and rng.random() < whole_share
+        mask = free if whole else _patch_of(rng, free)
     pad = float(rng.uniform(*padding))
     image = simulate_camera(rng, scene.image) if randomize else scene.image
     return crop_region(image, mask, mode="masked_crop", padding=pad)
