@@ -18,7 +18,8 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 # `make model` re-trains the shipped default model from its seeds (see its MODEL_CARD.md): stage 1
 # trains from scratch on data recipe 1, stage 2 fine-tunes that on the domain-randomised recipe 2,
-# stage 2b goes on with recipe 3 (recipe 2 plus frame-spanning background regions).
+# stage 2b goes on with recipe 3 (recipe 2 plus frame-spanning background regions). Its last
+# step writes the query lexicon (lexicon.json, from WordNet 3.0) into the model folder.
 MODEL_STAGE1_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
   --output $(BUILD)/model_stage1 --steps 800 --batch-size 128 --lr 1e-3 \
   --warmup 40 --seed 0 --workers 1 --threads 1 --eval-every 200 --eval-crops 200 --fp16
@@ -100,6 +101,7 @@ model: build
 	$(PY) -m semret_ros.tools.train $(MODEL_STAGE2_ARGS)
 	$(PY) -m semret_ros.tools.train $(MODEL_ARGS)
 	$(PY) -m semret_ros.tools.train $(MODEL_CLIC_ARGS)
+	$(PY) -m semret_ros.tools.lexicon --model-dir semret_ros/models/shapes_default --no-progress
 
 sam2-model: build
 	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_MODEL_ARGS) --device $(SAM2_DEVICE) \

@@ -29,6 +29,7 @@ COMMANDS = (
     "semret-eval",
     "semret-play",
     "semret-localize",
+    "semret-lexicon",
 )
 _EXECUTE_ALL = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 

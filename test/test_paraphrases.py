@@ -15,6 +15,7 @@ from semret_ros.shapes.paraphrases import (
     COLOR_SYNONYMS,
     PARAPHRASE_KINDS,
     SHAPE_SYNONYMS,
+    SYNONYM_LISTS,
     all_paraphrases,
     paraphrases_for,
 )
@@ -52,10 +53,11 @@ def test_caption_space_holds_every_caption_the_training_data_draws():
             assert _normal(dataset[index].caption) in space, dataset[index].caption
 
 
-def test_no_paraphrase_is_a_training_caption():
+@pytest.mark.parametrize("synonyms", tuple(SYNONYM_LISTS))
+def test_no_paraphrase_is_a_training_caption(synonyms):
     space = _training_captions()
     for color, shape in sw.ALL_COMBOS:
-        produced = {_normal(p) for p in all_paraphrases(color, shape)}
+        produced = {_normal(p) for p in all_paraphrases(color, shape, synonyms)}
         assert produced and not produced & space, sorted(produced & space)
 
 
@@ -70,7 +72,7 @@ def test_every_synonym_has_a_word_no_training_caption_has():
 
 def test_training_code_never_imports_the_paraphrases():
     code = (
-        "import sys, semret_ros.tools.train, semret_ros.shapes.world; "
+        "import sys, semret_ros.tools.train, semret_ros.tools.lexicon, semret_ros.shapes.world; "
         "print('semret_ros.shapes.paraphrases' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -121,3 +123,26 @@ def test_eval_reports_paraphrase_hit_at_1_about_the_right_objects(tmp_path, tiny
     # The named queries are reported as without paraphrases.
     assert {r["kind"] for r in report["records"]} == set(sw.KINDS)
     assert "paraphrase" in capsys.readouterr().out
+
+
+def test_eval_asks_the_fresh_list_when_told(tmp_path, tiny_clip_dir):
+    out = tmp_path / "eval"
+    argv = [
+        "--out", str(out), "--scenes", "1", "--seed", "4", "--width", "160", "--height", "120",
+        "--masks", "gt", "--clip-model", "tiny", "--clip-pretrained", f"local-dir:{tiny_clip_dir}",
+        "--panels", "0", "--no-progress", "--paraphrases", "fresh",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    records = json.loads((out / "report.json").read_text())["paraphrases"]["records"]
+    scene = sw.generate_scene(4, 160, 120, hard=True, min_held_out=2)
+    expected = [
+        q.text
+        for i, obj in enumerate(scene.objects)
+        for q in paraphrases_for(obj.color, obj.shape, (4, i), "fresh")
+    ]
+    assert [r["text"] for r in records] == expected
+    assert expected != [
+        q.text
+        for i, obj in enumerate(scene.objects)
+        for q in paraphrases_for(obj.color, obj.shape, (4, i))
+    ]

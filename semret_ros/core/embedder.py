@@ -51,6 +51,7 @@ from torchvision.transforms import Compose, Normalize, ToTensor
 
 from semret_ros.core.dense import DenseConfig, DenseFeatureExtractor, pool_regions
 from semret_ros.core.image import check_image, check_instance_ids
+from semret_ros.core.lexicon import model_lexicon
 from semret_ros.core.object_guided import REGION_ENCODERS, load_object_guided, region_batch
 from semret_ros.core.refine import region_stats
 from semret_ros.core.visual_prompt import VISUAL_PROMPTS, crop_region, square_crop
@@ -202,6 +203,10 @@ class ClipConfig:
     """Weight of the dense feature in ``blend`` (semantic_inference uses 0.9)."""
     dense: DenseConfig = field(default_factory=DenseConfig)
     """How the dense feature grid is computed (region_features dense/blend, mask-free mode)."""
+    query_lexicon: bool = True
+    """Read phrases through the model folder's query lexicon when it has one
+    (:mod:`semret_ros.core.lexicon`: the shipped model's text tower knows only its captions'
+    words, so "crimson disc" reaches it as "red circle"). No effect on other models."""
 
     def __post_init__(self) -> None:
         _check_device_precision(self.device, self.precision)
@@ -519,6 +524,8 @@ class ClipEmbedder:
         self.model_dir = local_model_dir(config.model_name, config.pretrained)
         """The model's local-dir folder (its dense head, if any, is read from there)."""
         self.weights_file = None if self.model_dir is None else _dir_weights(self.model_dir)
+        self.lexicon = model_lexicon(self.model_dir) if config.query_lexicon else None
+        """The model folder's query lexicon (None: phrases are encoded as given)."""
         self.region_encoder = (
             load_object_guided(config.region_encoder_path, self.model.visual)
             if config.region_encoder == "object-guided"
@@ -757,7 +764,7 @@ class ClipEmbedder:
                     found[key] = self._text_cache[key]
         missing = [key for key in dict.fromkeys(keys) if key not in found]
         if missing:
-            encoded = self._encode_phrases(missing)
+            encoded = self._encode_phrases([self.read_as(key) for key in missing])
             found.update(zip(missing, encoded, strict=True))
             with self._lock:
                 for key in missing:
@@ -767,6 +774,10 @@ class ClipEmbedder:
         if not keys:
             return np.zeros((0, self.embedding_dim), np.float32)
         return np.stack([found[key] for key in keys])
+
+    def read_as(self, phrase: str) -> str:
+        """The text the model encodes for ``phrase``: its lexicon's rewrite, if it has one."""
+        return phrase if self.lexicon is None else self.lexicon.rewrite(phrase)
 
     def _encode_phrases(self, phrases: Sequence[str]) -> np.ndarray:
         """Mean of each phrase's template features, renormalized (CLIP's prompt ensembling)."""

@@ -748,6 +748,9 @@ class SemretBehaviour:
             response.threshold_used = result.threshold
             response.frames_searched = len(frames)
             response.message = f"{len(result.matches)} match(es) for {request.text!r}"
+            read_as = pipeline.embedder.read_as(request.text)
+            if read_as != request.text:
+                response.message += f" (read as {read_as!r} by the model's query lexicon)"
             if wanted > 1:
                 response.message += _search_note(wanted, len(frames), index)
             full = _fill_query_images(request, response, frame, result, scale)

@@ -379,6 +379,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         low=0.0,
         high=1.0,
     ),
+    _spec(
+        "clip.query_lexicon",
+        _CLIP.query_lexicon,
+        "Read phrases through the CLIP model folder's lexicon.json, if it has one: the embedded "
+        "model's text tower knows only its captions' words, and the lexicon (built from WordNet) "
+        "turns others into them, e.g. 'crimson disc' into 'red circle'.",
+    ),
     # ------------------------------------------------------------------ dense
     _spec(
         "dense.attention",
@@ -711,6 +718,7 @@ def pipeline_config(values: Mapping[str, ParamValue]) -> PipelineConfig:
         allow_download=bool(values["clip.allow_download"]),
         region_features=str(values["clip.region_features"]),
         dense_weight=float(values["clip.dense_weight"]),
+        query_lexicon=bool(values["clip.query_lexicon"]),
         dense=_built(
             "dense",
             DenseConfig,

@@ -57,7 +57,7 @@ from semret_ros.core.segmenters import (
     select_regions,
 )
 from semret_ros.core.viz import heatmap_overlay, mask_overlay, panel, save_png
-from semret_ros.shapes.paraphrases import PARAPHRASE_KINDS, paraphrases_for
+from semret_ros.shapes.paraphrases import PARAPHRASE_KINDS, SYNONYM_LISTS, paraphrases_for
 from semret_ros.shapes.test_renderer import render_scene
 from semret_ros.shapes.world import (
     ALL_COMBOS,
@@ -655,9 +655,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--paraphrases",
-        action="store_true",
+        nargs="?",
+        const="issue",
+        choices=tuple(SYNONYM_LISTS),
         help="also ask for every object in words training never used (colour and shape "
-        "synonyms, sentence forms: semret_ros/shapes/paraphrases.py) and report their hit@1",
+        "synonyms, sentence forms: semret_ros/shapes/paraphrases.py) and report their hit@1; "
+        "the value picks the synonym list (default: issue)",
+    )
+    p.add_argument(
+        "--no-lexicon",
+        action="store_true",
+        help="encode queries verbatim, without the model folder's query lexicon",
     )
     p.add_argument(
         "--retrieval",
@@ -720,6 +728,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
             region_features=args.region_features,
             dense_weight=args.dense_weight,
             dense=DenseConfig(input_size=args.dense_input_size, head=not args.no_dense_head),
+            query_lexicon=not args.no_lexicon,
         ),
         refine=refine,
         query=QueryConfig(
@@ -877,11 +886,11 @@ def evaluate_scene(
     scene: Scene,
     with_panels: bool,
     depth: DepthScene | None = None,
-    paraphrases: bool = False,
+    paraphrases: str | None = None,
 ) -> SceneResult:
     """Process one scene, query each of its objects every unambiguous way, label the scene.
 
-    ``paraphrases`` also asks for each object once per paraphrase kind
+    ``paraphrases`` (a synonym list name) also asks for each object once per paraphrase kind
     (:mod:`semret_ros.shapes.paraphrases`), recorded apart from the named queries.
 
     The multi-label request names every object of the scene by its full name at once.
@@ -918,7 +927,7 @@ def evaluate_scene(
         # (kind, phrase, what it names, where its record goes)
         asks = [(kind, query_phrase(kind, obj), kind, records) for kind in KINDS]
         if paraphrases:
-            found = paraphrases_for(obj.color, obj.shape, (scene.seed, obj_index))
+            found = paraphrases_for(obj.color, obj.shape, (scene.seed, obj_index), paraphrases)
             asks += [(q.kind, q.text, q.names, paraphrase_records) for q in found]
         for kind, text, names_kind, into in asks:
             if is_ambiguous(names_kind, obj, scene.objects):
