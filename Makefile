@@ -18,8 +18,9 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 # `make model` re-trains the shipped default model from its seeds (see its MODEL_CARD.md): stage 1
 # trains from scratch on data recipe 1, stage 2 fine-tunes that on the domain-randomised recipe 2,
-# stage 2b goes on with recipe 3 (recipe 2 plus frame-spanning background regions). Its last
-# step writes the query lexicon (lexicon.json, from WordNet 3.0) into the model folder.
+# stage 2b goes on with recipe 3 (recipe 2 plus frame-spanning background regions), stage 2c
+# with recipe 4 (recipe 3 with crosses at any angle). Its last step writes the query lexicon
+# (lexicon.json, from WordNet 3.0) into the model folder.
 MODEL_STAGE1_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
   --output $(BUILD)/model_stage1 --steps 800 --batch-size 128 --lr 1e-3 \
   --warmup 40 --seed 0 --workers 1 --threads 1 --eval-every 200 --eval-crops 200 --fp16
@@ -27,10 +28,14 @@ MODEL_STAGE2_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
   --init $(BUILD)/model_stage1 --output $(BUILD)/model_stage2 --recipe 2 --steps 400 \
   --batch-size 128 --lr 5e-4 --warmup 20 --seed 1 --workers 2 --threads 1 --eval-every 200 \
   --eval-crops 200 --fp16
-MODEL_ARGS ?= --model-config semret_ros/models/shapes_tiny.json --init $(BUILD)/model_stage2 \
-  --output semret_ros/models/shapes_default --recipe 3 --steps 800 --batch-size 128 --lr 3e-4 \
-  --warmup 30 --seed 2 --workers 1 --threads 1 --eval-every 100 --eval-crops 200 --fp16
-# Stage 3 (seed 002): the dense head on the frozen stage-2b model, region-supervised
+MODEL_STAGE2B_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
+  --init $(BUILD)/model_stage2 --output $(BUILD)/model_stage2b --recipe 3 --steps 800 \
+  --batch-size 128 --lr 3e-4 --warmup 30 --seed 2 --workers 1 --threads 1 --eval-every 100 \
+  --eval-crops 200 --fp16
+MODEL_ARGS ?= --model-config semret_ros/models/shapes_tiny.json --init $(BUILD)/model_stage2b \
+  --output semret_ros/models/shapes_default --recipe 4 --steps 800 --batch-size 128 --lr 2e-4 \
+  --warmup 30 --seed 3 --workers 1 --threads 1 --eval-every 100 --eval-crops 200 --fp16
+# Stage 3 (seed 002): the dense head on the frozen stage-2c model, region-supervised
 # (clic-region: cells pooled over each object's true mask against its caption, plus the CLIC
 # loss on the same scenes), written into the model folder as dense_head.safetensors.
 MODEL_CLIC_ARGS ?= --objective clic-region --init semret_ros/models/shapes_default \
@@ -99,6 +104,7 @@ test: build lint
 model: build
 	$(PY) -m semret_ros.tools.train $(MODEL_STAGE1_ARGS)
 	$(PY) -m semret_ros.tools.train $(MODEL_STAGE2_ARGS)
+	$(PY) -m semret_ros.tools.train $(MODEL_STAGE2B_ARGS)
 	$(PY) -m semret_ros.tools.train $(MODEL_ARGS)
 	$(PY) -m semret_ros.tools.train $(MODEL_CLIC_ARGS)
 	$(PY) -m semret_ros.tools.lexicon --model-dir semret_ros/models/shapes_default --no-progress

@@ -16,12 +16,13 @@ FLOORS = {
     "seen/full": 0.95,
     "seen/color": 0.97,
     "seen/shape": 0.95,
-    "held_out/full": 0.92,
+    "held_out/full": 0.94,
     "held_out/color": 0.97,
-    "held_out/shape": 0.9,
+    "held_out/shape": 0.92,
 }
-"""Measured on these 200 crops: 0.995, 1.0, 0.99, 0.965, 1.0, 0.945 (before stage 2b of the
-training: 0.99, 1.0, 0.99, 0.93, 1.0, 0.90)."""
+"""Measured on these 200 crops: 0.995, 1.0, 0.995, 0.975, 1.0, 0.955 (before stage 2c of the
+training: 0.995, 1.0, 0.99, 0.965, 1.0, 0.945; before stage 2b: 0.99, 1.0, 0.99, 0.93, 1.0,
+0.90)."""
 SCENE_FLOOR = 0.93
 """Measured: 1.0 (59 of 59 objects; before stage 2b 0.966)."""
 

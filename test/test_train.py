@@ -217,7 +217,7 @@ def test_recipe_2_pairs_samples_that_differ_in_one_attribute():
     sample = data[1]
     assert sample.caption and np.asarray(sample.image).dtype == np.uint8
     with pytest.raises(ValueError, match="recipe"):
-        ShapesDataset(0, 10, lambda image: image, recipe=4)
+        ShapesDataset(0, 10, lambda image: image, recipe=5)
 
 
 def test_recipe_3_adds_frame_spanning_background_and_keeps_recipe_2_objects():
@@ -233,3 +233,31 @@ def test_recipe_3_adds_frame_spanning_background_and_keeps_recipe_2_objects():
         else:
             changed += not np.array_equal(np.asarray(a.image), np.asarray(b.image))
     assert changed > 0, "recipe 3 made no whole-background samples"
+
+
+def _cross_angle(recipe_limits: dict[str, float] | None, seed: int) -> float:
+    """Angle (degrees, mod 90) of the lone red cross of a training scene: the phase of its
+    pixels' four-fold angular moment, which its arms dominate."""
+    rgb = np.array(sw.COLORS["red"], np.float32)
+    scene = sw._scene_with_target(seed, 160, "red", "cross", rgb, 0, False, False, recipe_limits)
+    ys, xs = np.nonzero(scene.objects[0].mask)
+    dx, dy = xs - xs.mean(), ys - ys.mean()
+    moment = np.sum((dx**2 + dy**2) * np.exp(4j * np.arctan2(dy, dx)))
+    return float(np.degrees(np.angle(moment)) / 4.0) % 90.0
+
+
+def test_recipe_4_turns_crosses_freely_and_changes_nothing_else():
+    """Recipe 4 is recipe 3 with crosses at any angle: captions, keys and every sample without
+    a cross are recipe 3's, and crosses now also stand as an "x" (45° off upright)."""
+    three, four = (ShapesDataset(0, 300, lambda image: image, recipe=r) for r in (3, 4))
+    changed = 0
+    for i in range(300):
+        a, b = three[i], four[i]
+        assert (a.caption, a.image_key, a.caption_key) == (b.caption, b.image_key, b.caption_key)
+        changed += not np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert 0 < changed < 150
+    upright = [_cross_angle(None, seed) for seed in range(40)]
+    free = [_cross_angle(sw.FREE_CROSS_ROTATION, seed) for seed in range(40)]
+    off = [min(a, 90.0 - a) for a in free]
+    assert max(min(a, 90.0 - a) for a in upright) <= 21.0
+    assert max(off) > 35.0 and sum(o > 21.0 for o in off) >= 10

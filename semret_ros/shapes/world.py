@@ -334,6 +334,12 @@ def _unit_polygon(shape: str) -> np.ndarray:
 # never drawn as a diamond, and a diamond is also narrower than a rotated square.
 _MAX_ROTATION = {"square": 15.0, "diamond": 15.0, "cross": 20.0}
 
+FREE_CROSS_ROTATION: dict[str, float] = {"square": 15.0, "diamond": 15.0}
+"""Rotation limits of training recipe 4: crosses at any angle too. A cross held within 20° of
+upright is a plus sign; cameras and other renderers also show it as an "x", which a model
+that never saw one calls a star or a hexagon (test renderer: blue crosses, 6 of 14 described
+"blue hexagon")."""
+
 
 def draw_shape_mask(
     shape: str, height: int, width: int, center: tuple[float, float], radius: float, angle: float
@@ -650,6 +656,7 @@ def sample_crop(
     off_palette: bool = False,
     combo: tuple[str, str] | None = None,
     randomize: bool = False,
+    rotation_limits: dict[str, float] | None = None,
 ) -> CropSample:
     """One object crop cut out of a freshly generated scene, exactly as the embedder cuts it.
 
@@ -658,7 +665,9 @@ def sample_crop(
     occlude it or leak into a perturbed mask, are always seen combos (held-out pairs never
     appear in training samples). ``randomize`` (training recipe 2) varies what a camera and a
     renderer vary: see :func:`_scene_with_target` and :func:`simulate_camera`; it also shifts
-    perturbed masks without wrapping them around the image.
+    perturbed masks without wrapping them around the image. ``rotation_limits`` (degrees
+    either way per shape, others free; default the scenes' own) changes angles only, so every
+    other draw stays as it was.
     """
     # Imported here: the core is ROS-free and imports nothing from this module, but keeping
     # the dependency local avoids import cycles for tools that only draw scenes.
@@ -677,7 +686,9 @@ def sample_crop(
     rgb = off_palette_rgb(rng) if off_palette else np.array(COLORS[color], np.float32)
     if randomize:
         scene_size = int(scene_size * rng.uniform(0.7, 1.4))
-    scene = _scene_with_target(scene_seed, scene_size, color, shape, rgb, n_others, hard, randomize)
+    scene = _scene_with_target(
+        scene_seed, scene_size, color, shape, rgb, n_others, hard, randomize, rotation_limits
+    )
     image = simulate_camera(rng, scene.image) if randomize else scene.image
     target = scene.objects[0]
     mask = perturb_mask(rng, target.mask, wrap=not randomize) if perturb else target.mask
@@ -695,6 +706,7 @@ def _scene_with_target(
     n_others: int,
     hard: bool,
     randomize: bool = False,
+    rotation_limits: dict[str, float] | None = None,
 ) -> Scene:
     """A small scene whose first (bottom) object is (color, shape); the others are seen combos
     with other colours and shapes, drawn on top so they may occlude the target.
@@ -723,7 +735,7 @@ def _scene_with_target(
         cx, cy = (float(v) for v in rng.uniform(r, canvas - r, 2))
         if not all(np.hypot(cx - px, cy - py) > 0.6 * (r + pr) for px, py, pr in placed):
             continue
-        rot = _MAX_ROTATION.get(pair[1], 180.0)
+        rot = (_MAX_ROTATION if rotation_limits is None else rotation_limits).get(pair[1], 180.0)
         m = draw_shape_mask(pair[1], canvas, canvas, (cx, cy), r, rng.uniform(-rot, rot))
         # Neighbours may occlude the target, but never more than half of it.
         if masks and (masks[0] & ~(cover | m)).sum() < 0.5 * masks[0].sum():

@@ -65,7 +65,7 @@ OFF_PALETTE_SHARE = 0.6
 """Share of shape-only samples whose object is painted in an unnamed colour."""
 BACKGROUND_SHARE = 0.12
 """Share of samples that are background regions captioned "background", "texture", ..."""
-RECIPES = (1, 2, 3)
+RECIPES = (1, 2, 3, 4)
 """Shapes-world data recipes. 1: the original crops and captions. 2: domain-randomised crops
 (anti-aliasing, lighting, fine textures, more background families, scale, camera blur, noise,
 gain, JPEG, wider crop padding), masks shifted without wrap-around, twice as many caption
@@ -73,8 +73,9 @@ wordings, background regions also captioned with the generic query negatives, an
 negatives: samples come in pairs whose objects share exactly one
 attribute, their combinations cycling through every seen pair equally often. 3: recipe 2, with
 a third of the background patches being the whole background around the objects (the one
-frame-spanning region a smooth wall becomes). Each recipe keeps the earlier ones' data, so
-the stages that used them still reproduce."""
+frame-spanning region a smooth wall becomes). 4: recipe 3 with crosses at any angle
+(:data:`semret_ros.shapes.world.FREE_CROSS_ROTATION`), not just near upright. Each recipe
+keeps the earlier ones' data, so the stages that used them still reproduce."""
 WHOLE_BACKGROUND_SHARE = 1 / 3
 """Recipe 3's share of background patches that are the whole background."""
 OBJECTIVES = ("clip", "object-guided", "clic", "clic-region")
@@ -161,6 +162,7 @@ class ShapesDataset(Dataset):
             combo=self.paired_combo(index) if varied else None,
             padding=_padding(varied),
             randomize=varied,
+            rotation_limits=sw.FREE_CROSS_ROTATION if self.recipe >= 4 else None,
         )
         text, kind = sw.random_caption(rng, crop.color, crop.shape, kind, varied=varied)
         # An off-palette colour gets an index of its own: no colour caption describes it.
