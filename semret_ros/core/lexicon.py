@@ -92,9 +92,7 @@ class QueryLexicon:
             known = frozenset(str(w) for w in payload["known"])
             names = frozenset(str(w) for w in payload["names"])
             terms = {str(k): str(v) for k, v in payload["terms"].items()}
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{path} is no readable query lexicon: {err}") from err
-        except ValueError as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{path} is no readable query lexicon: {err}") from err
         return cls(known, names, terms)
 

@@ -223,7 +223,7 @@ class LexiconBuilder:
         # uses them as shapes only as "<name>-shaped" or through a derived word.
         bare = category != "shape" and not shaped_only
         hits: set[str] = set()
-        for token in re.findall(r"[a-z]+(?:-[a-z]+)*", synset.definition.lower()):
+        for token in words_of(synset.definition):
             stem = token.removesuffix("-shaped")
             if stem in names and (stem != token or bare):
                 hits.add(stem)
