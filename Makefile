@@ -43,6 +43,13 @@ MODEL_CLIC_ARGS ?= --objective clic-region --init semret_ros/models/shapes_defau
   --captions-per-image 3 --clic-weight 1 --background-regions 2 --steps 1000 --lr 1e-3 \
   --warmup 50 --weight-decay 0.05 --seed 0 --threads 1 --eval-every 250 --eval-scenes 20 \
   --save-every 250 --checkpoint-dir $(BUILD)/clic_region --cache-dir $(BUILD)/clic_region/cache
+# Stage 3b: the dense head's region part (mask-aware pooling: a region's mean cells read with
+# its silhouette) on stage 3's frozen cells, from the same cached scenes, added to the head.
+MODEL_REGION_ARGS ?= --objective region-head --init semret_ros/models/shapes_default \
+  --output semret_ros/models/shapes_default --scenes 2000 --batch-size 256 --mask-variants 4 \
+  --background-regions 3 --silhouette-size 32 --steps 1500 --lr 1e-3 --warmup 50 \
+  --weight-decay 0.05 --seed 0 --threads 1 --eval-every 250 --eval-scenes 20 --save-every 500 \
+  --checkpoint-dir $(BUILD)/region_head --cache-dir $(BUILD)/clic_region/cache
 # `make sam2-model` re-trains the shipped small SAM2 (semret_ros/models/sam2_shapes_default, see
 # its MODEL_CARD.md) from its seed; an interrupted run continues from $(BUILD)/sam2_model.
 SAM2_MODEL_ARGS ?= --output $(BUILD)/sam2_model \
@@ -107,6 +114,7 @@ model: build
 	$(PY) -m semret_ros.tools.train $(MODEL_STAGE2B_ARGS)
 	$(PY) -m semret_ros.tools.train $(MODEL_ARGS)
 	$(PY) -m semret_ros.tools.train $(MODEL_CLIC_ARGS)
+	$(PY) -m semret_ros.tools.train $(MODEL_REGION_ARGS)
 	$(PY) -m semret_ros.tools.lexicon --model-dir semret_ros/models/shapes_default --no-progress
 
 sam2-model: build

@@ -19,6 +19,7 @@ from semret_ros.core.dense import (
     ATTENTIONS,
     DenseConfig,
     DenseFeatureExtractor,
+    DenseHead,
     MaskFreeConfig,
     cell_ids,
     pool_regions,
@@ -100,6 +101,16 @@ def test_clearclip_with_blind_queries_gives_every_patch_the_same_feature(vit_emb
     assert not np.allclose(kept, np.broadcast_to(kept[0], kept.shape), atol=1e-3)  # residual
 
 
+def test_a_vit_has_no_fine_map_and_refuses_a_head_that_reads_one(vit_embedder):
+    extractor = vit_embedder.dense_extractor
+    assert extractor.fine_dim == 0
+    with pytest.raises(ValueError, match="vit tower has no fine map"):
+        extractor.encode(torch.zeros(1, 3, 32, 32), fine=True)
+    head = DenseHead(vit_embedder.embedding_dim, fine_dim=8)
+    with pytest.raises(ValueError, match="8-channel fine map, but this vit tower's has none"):
+        DenseFeatureExtractor(extractor.visual, (0.5,) * 3, (0.5,) * 3, head=head)
+
+
 def test_resnet_cells_average_to_the_attention_pool_when_it_attends_uniformly(tiny_clip_model):
     """With the pool's q/k projections and positional embedding zeroed, open_clip's own
     attention pool is c_proj(v_proj(mean of the cells)), i.e. the mean of the MaskCLIP cell
@@ -116,8 +127,14 @@ def test_resnet_cells_average_to_the_attention_pool_when_it_attends_uniformly(ti
             param.zero_()
     extractor = DenseFeatureExtractor(visual, (0.5,) * 3, (0.5,) * 3)
     pixels = torch.randn(2, 3, 64, 64)
-    dense = extractor.encode(pixels)
+    tower = extractor.encode(pixels)
+    assert tower.fine is None  # no head reads it, so it is not kept
+    dense = tower.cells
     assert dense.shape == (2, 2, 2, visual.output_dim)
+    # The fine map is the last stage's input: stride 16, one channel per layer4 input channel.
+    fine = extractor.encode(pixels, fine=True)
+    assert torch.equal(fine.cells, dense)
+    assert fine.fine.shape == (2, 4, 4, extractor.fine_dim) and extractor.fine_dim == 16 * 16
     with torch.no_grad():
         pooled = visual(pixels)
     torch.testing.assert_close(dense.mean(dim=(1, 2)), pooled, atol=1e-5, rtol=1e-4)

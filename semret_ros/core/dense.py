@@ -55,6 +55,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from semret_ros.core.image import check_image, check_instance_ids
+from semret_ros.core.visual_prompt import square_window
 
 ATTENTIONS = ("naclip", "sclip", "clearclip")
 """Training-free fixes of a ViT's last attention block (see the module docstring)."""
@@ -73,6 +74,9 @@ HEAD_FILE = "dense_head.safetensors"
 """In a ``local-dir:`` model folder: the learned dense head (:class:`DenseHead`), applied to
 the tower's cells whenever the folder has it (``DenseConfig.head``)."""
 HEAD_FORMAT = "semret-dense-head/1"
+SILHOUETTE_PADDING = 0.1
+"""Margin around a region's box in its silhouette, a share of the box's longer side (the crop
+path's default ``crop_padding``)."""
 
 
 @dataclass
@@ -131,26 +135,127 @@ class DenseHead(nn.Module):
     layers: 7x7 cells) and return a feature in the same joint space, as a residual on the unit
     cell feature; the last layer starts at zero, so an untrained head is the identity (up to
     the normalisation every cell gets anyway). Input and output: (B, h, w, D), any scale in.
+
+    With ``fine_dim`` (a ResNet tower only) the head also reads the tower's feature map one
+    stage earlier (stride 16, ``fine_dim`` channels; :attr:`TowerCells.fine`), where an
+    object's outline spans twice as many cells, and answers on that finer grid: the cells are
+    upsampled bilinearly to it, and its convolutions alternate dilations 1 and 2 so that a few
+    layers still see a whole object. Output: (B, 2h, 2w, D) (:attr:`scale` 2).
     """
 
-    def __init__(self, dim: int, hidden: int = 128, layers: int = 3) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 128,
+        layers: int = 3,
+        fine_dim: int = 0,
+        silhouette: int = 0,
+    ) -> None:
         super().__init__()
-        if dim < 1 or hidden < 1 or layers < 1:
-            raise ValueError(f"dim, hidden and layers must be >= 1, got {dim}, {hidden}, {layers}")
-        self.dim, self.hidden, self.layers = dim, hidden, layers
-        sizes = [dim] + [hidden] * (layers - 1) + [dim]
+        if dim < 1 or hidden < 1 or layers < 1 or fine_dim < 0:
+            raise ValueError(
+                "dim, hidden and layers must be >= 1 and fine_dim >= 0, got "
+                f"{dim}, {hidden}, {layers}, {fine_dim}"
+            )
+        self.dim, self.hidden, self.layers, self.fine_dim = dim, hidden, layers, fine_dim
+        self.region = RegionHead(dim, silhouette) if silhouette else None
+        """The region part: what :meth:`DenseFeatureExtractor.pool` applies to the cells
+        pooled over a region's mask, knowing the mask's outline (None: plain mean)."""
+        self.scale = 2 if fine_dim else 1
+        """Output cells per input cell along each side."""
+        self.reduce = nn.Conv2d(fine_dim, hidden, kernel_size=1) if fine_dim else None
+        sizes = [dim + (hidden if fine_dim else 0)] + [hidden] * (layers - 1) + [dim]
+        dilations = [1 + (i % 2 if fine_dim else 0) for i in range(layers - 1)] + [1]
         self.convs = nn.ModuleList(
-            nn.Conv2d(a, b, kernel_size=3, padding=1) for a, b in itertools.pairwise(sizes)
+            nn.Conv2d(a, b, kernel_size=3, padding=d, dilation=d)
+            for (a, b), d in zip(itertools.pairwise(sizes), dilations, strict=True)
         )
         nn.init.zeros_(self.convs[-1].weight)
         nn.init.zeros_(self.convs[-1].bias)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
         unit = F.normalize(features.float(), dim=-1).permute(0, 3, 1, 2)
         x = unit * math.sqrt(self.dim)  # unit-variance entries for the convolutions
+        if self.reduce is not None:
+            if fine is None:
+                raise ValueError("this dense head reads the tower's fine map: pass `fine`")
+            fine = fine.float().permute(0, 3, 1, 2)
+            fine = fine / fine.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
+            unit = F.interpolate(unit, size=fine.shape[2:], mode="bilinear", align_corners=False)
+            unit = F.normalize(unit, dim=1)
+            x = torch.cat([unit * math.sqrt(self.dim), F.gelu(self.reduce(fine))], dim=1)
         for conv in self.convs[:-1]:
             x = F.gelu(conv(x))
         return (unit + self.convs[-1](x)).permute(0, 2, 3, 1)
+
+
+class RegionHead(nn.Module):
+    """Mask-aware region pooling: the mean of a region's cells, corrected by its outline.
+
+    A mean over cells keeps what the cells agree on (colour) and loses where the region ends:
+    the outline, which is most of what a shape is. The crop path sees it (a masked crop is a
+    silhouette in colour); this head gives it back to the dense path without a second encoder
+    pass: the region's mask, cut square around its box (:func:`silhouettes`, as the crop path
+    cuts it) and shrunk to ``size`` x ``size``, goes through three strided 3x3 convolutions,
+    and a two-layer MLP reads that with the unit mean cell feature and adds a correction to it
+    (its last layer starts at zero: an untrained region head gives the plain mean). In the
+    spirit of mask adapters for frozen CLIPs (Mask-Adapter, CVPR 2025). Cost: a few small
+    convolutions per region, no encoder pass.
+    """
+
+    def __init__(self, dim: int, size: int, hidden: int = 256) -> None:
+        super().__init__()
+        if size < 8 or size % 8:
+            raise ValueError(f"silhouette size must be a multiple of 8, >= 8, got {size}")
+        self.size = size
+        self.outline = nn.Sequential(
+            nn.Conv2d(1, 16, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(64 * (size // 8) ** 2, hidden),
+        )
+        self.mix = nn.Sequential(nn.Linear(dim + hidden, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.mix[-1].weight)
+        nn.init.zeros_(self.mix[-1].bias)
+
+    def forward(self, pooled: torch.Tensor, silhouette: torch.Tensor) -> torch.Tensor:
+        """(N, D) unit features of regions from their (N, D) mean cells and (N, size, size)
+        silhouettes in [0, 1]."""
+        unit = F.normalize(pooled.float(), dim=-1)
+        outline = F.gelu(self.outline(silhouette.float()[:, None] * 2.0 - 1.0))
+        delta = self.mix(torch.cat([unit * math.sqrt(unit.shape[1]), outline], dim=1))
+        return F.normalize(unit + delta, dim=-1)
+
+
+def silhouettes(
+    instance_ids: np.ndarray, bboxes: np.ndarray, size: int, padding: float = SILHOUETTE_PADDING
+) -> np.ndarray:
+    """(N, size, size) float32 masks of regions 1..N of an id image, each cut as a square
+    around its (x, y, w, h) box with ``padding`` (the crop path's square,
+    :func:`~semret_ros.core.visual_prompt.square_window`) and shrunk by area averaging."""
+    height, width = instance_ids.shape
+    out = np.zeros((len(bboxes), size, size), np.float32)
+    for index, box in enumerate(np.asarray(bboxes).reshape(-1, 4).tolist()):
+        square = square_window(tuple(box), padding, height, width)
+        canvas = np.zeros((square.side, square.side), np.float32)
+        canvas[square.inner] = instance_ids[square.rows, square.cols] == index + 1
+        out[index] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+@dataclass(frozen=True)
+class TowerCells:
+    """What the frozen tower gives a batch of windows, before any learned head."""
+
+    cells: torch.Tensor
+    """(B, h, w, D) projected, not normalised cells in the joint space."""
+    fine: torch.Tensor | None = None
+    """ResNet only, when asked for: (B, 2h, 2w, C) the last stage's input (stride 16), what
+    a :class:`DenseHead` with ``fine_dim`` C reads."""
 
 
 def file_digest(path: Path) -> str:
@@ -175,6 +280,8 @@ def save_dense_head(head: DenseHead, folder: Path, weights_file: Path) -> Path:
         "dim": str(head.dim),
         "hidden": str(head.hidden),
         "layers": str(head.layers),
+        "fine_dim": str(head.fine_dim),
+        "silhouette": str(0 if head.region is None else head.region.size),
         "clip_weights_sha256": file_digest(weights_file),
     }
     path = folder / HEAD_FILE
@@ -215,7 +322,13 @@ def load_dense_head(path: Path, dim: int, weights_file: Path | None) -> DenseHea
         raise ValueError(
             f"dense head {path} was trained on other CLIP weights than {weights_file}: {fix}"
         )
-    head = DenseHead(dim, int(meta["hidden"]), int(meta["layers"]))
+    head = DenseHead(
+        dim,
+        int(meta["hidden"]),
+        int(meta["layers"]),
+        int(meta.get("fine_dim", 0)),
+        int(meta.get("silhouette", 0)),
+    )
     try:
         head.load_state_dict(state)
     except RuntimeError as err:
@@ -266,10 +379,13 @@ class DenseFeatureExtractor:
         self.std = np.asarray(std, np.float32).reshape(1, 1, 3)
         size = visual.image_size
         self.input_side = int(size) if isinstance(size, int) else int(max(size))
+        self.fine_dim = 0
+        """Channels of the tower's fine map (:attr:`TowerCells.fine`); 0: it has none."""
         if hasattr(visual, "attnpool") and hasattr(visual, "layer4"):
             self.kind = "resnet"
             spatial = round(math.sqrt(visual.attnpool.positional_embedding.shape[0] - 1))
             self.stride = self.input_side // spatial
+            self.fine_dim = int(visual.layer4[0].conv1.in_channels)
         elif hasattr(visual, "transformer") and hasattr(visual, "conv1"):
             if getattr(visual, "attn_pool", None) is not None:
                 raise ValueError("ViTs with an attentional pooler (CoCa) have no dense path")
@@ -280,6 +396,12 @@ class DenseFeatureExtractor:
             raise ValueError(
                 f"no dense path for image tower {type(visual).__name__}: "
                 "expected an open_clip VisionTransformer or ModifiedResNet"
+            )
+        if self.head is not None and self.head.fine_dim not in (0, self.fine_dim):
+            raise ValueError(
+                f"the dense head reads a {self.head.fine_dim}-channel fine map, but this "
+                f"{self.kind} tower's has {self.fine_dim or 'none'}: retrain the head for this "
+                "tower or switch it off (dense.head: false)"
             )
 
     @classmethod
@@ -328,6 +450,11 @@ class DenseFeatureExtractor:
             max(1, round(width * scale / self.stride)),
         )
 
+    @property
+    def output_scale(self) -> int:
+        """Grid cells per tower cell along each side: 2 with a head that reads the fine map."""
+        return 1 if self.head is None else self.head.scale
+
     def _window_cells(self, cells: int) -> int:
         window = self.config.window or (self.input_side if self.kind == "vit" else 0)
         if window == 0:
@@ -361,7 +488,8 @@ class DenseFeatureExtractor:
 
     # ----------------------------------------------------------------------------- encode
     def extract(self, image: np.ndarray) -> np.ndarray:
-        """(h, w, D) float32 L2-normalised features of ``image`` (HxWx3 uint8 RGB)."""
+        """(h, w, D) float32 L2-normalised features of ``image`` (HxWx3 uint8 RGB); the grid
+        is :attr:`output_scale` times :meth:`grid_shape` along each side."""
         batch = self.windows(image)
         features = torch.cat(
             [
@@ -369,38 +497,55 @@ class DenseFeatureExtractor:
                 for chunk in batch.pixels.split(self.config.batch_size)
             ]
         )
-        grid = assemble(features, batch).numpy()
+        grid = assemble(features, batch, self.output_scale).numpy()
         if not np.all(np.isfinite(grid)):
             raise FloatingPointError(
                 "the dense image features are not finite (broken weights or an fp16 overflow)"
             )
         return np.ascontiguousarray(grid, dtype=np.float32)
 
-    def transform(self, features: torch.Tensor) -> torch.Tensor:
-        """:meth:`encode`'s cells through the learned head (unchanged without one)."""
+    def transform(self, tower: TowerCells) -> torch.Tensor:
+        """:meth:`encode`'s cells through the learned head (the bare cells without one)."""
         if self.head is None:
-            return features
+            return tower.cells
         with torch.no_grad():
-            return self.head(features)
+            return self.head(tower.cells, tower.fine)
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, D) projected, not normalised features of normalised windows (B, 3, H, W).
+    def pool(self, grid: np.ndarray, instance_ids: np.ndarray, bboxes: np.ndarray) -> np.ndarray:
+        """(N, D) unit features of regions 1..N of an id image (boxes from ``region_stats``)
+        from :meth:`extract`'s grid: the mean of each region's cells (:func:`pool_regions`),
+        through the head's region part (:class:`RegionHead`) when it has one."""
+        pooled = pool_regions(grid, instance_ids, len(bboxes))
+        region = None if self.head is None else self.head.region
+        if region is None:
+            return pooled
+        outline = torch.from_numpy(silhouettes(instance_ids, bboxes, region.size))
+        with torch.no_grad():
+            return region(torch.from_numpy(pooled), outline).numpy()
+
+    def encode(self, pixels: torch.Tensor, fine: bool | None = None) -> TowerCells:
+        """The frozen tower's cells of normalised windows (B, 3, H, W), and its fine map when
+        ``fine`` (None: when the head reads it; a ResNet only).
 
         H and W must be multiples of the tower's stride (``windows`` makes them so). Runs
         without gradients: the tower stays a frozen black box.
         """
+        if fine is None:
+            fine = self.head is not None and self.head.fine_dim > 0
+        if fine and not self.fine_dim:
+            raise ValueError(f"a {self.kind} tower has no fine map (a ResNet's has)")
         with torch.no_grad():
             pixels = pixels.to(self.device, self.dtype)
             if self.kind == "vit":
-                return self._encode_vit(pixels)
-            return self._encode_resnet(pixels)
+                return TowerCells(self._encode_vit(pixels))
+            return self._encode_resnet(pixels, fine)
 
-    def _encode_resnet(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _encode_resnet(self, pixels: torch.Tensor, fine: bool) -> TowerCells:
         visual = self.visual
-        x = visual.stem(pixels)
-        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+        stage3 = visual.layer3(visual.layer2(visual.layer1(visual.stem(pixels))))
         pool = visual.attnpool
-        return pool.c_proj(pool.v_proj(x.permute(0, 2, 3, 1)))
+        cells = pool.c_proj(pool.v_proj(visual.layer4(stage3).permute(0, 2, 3, 1)))
+        return TowerCells(cells, stage3.permute(0, 2, 3, 1) if fine else None)
 
     def _encode_vit(self, pixels: torch.Tensor) -> torch.Tensor:
         visual = self.visual
@@ -452,15 +597,17 @@ class DenseFeatureExtractor:
         return x + out if kind == "sclip" else out
 
 
-def assemble(features: torch.Tensor, batch: WindowBatch) -> torch.Tensor:
+def assemble(features: torch.Tensor, batch: WindowBatch, scale: int = 1) -> torch.Tensor:
     """(h, w, D) unit grid of a batch's (M, h', w', D) window features: each cell the mean of
-    the unit features of the windows covering it, normalised (differentiable)."""
+    the unit features of the windows covering it, normalised (differentiable). With ``scale``
+    (a fine head's output), features and grid have ``scale`` cells per tower cell."""
     features = F.normalize(features.float(), dim=-1).cpu()
-    rows, cols = batch.grid_shape
+    rows, cols = (n * scale for n in batch.grid_shape)
     win_rows, win_cols = features.shape[1:3]
     total = features.new_zeros(rows, cols, features.shape[-1])
     count = features.new_zeros(rows, cols, 1)
-    for (r, c), window in zip(batch.origins, features, strict=True):
+    origins = ((r * scale, c * scale) for r, c in batch.origins)
+    for (r, c), window in zip(origins, features, strict=True):
         total[r : r + win_rows, c : c + win_cols] += window
         count[r : r + win_rows, c : c + win_cols] += 1
     return F.normalize(total / count, dim=-1)

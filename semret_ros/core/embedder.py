@@ -49,7 +49,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchvision.transforms import Compose, Normalize, ToTensor
 
-from semret_ros.core.dense import DenseConfig, DenseFeatureExtractor, pool_regions
+from semret_ros.core.dense import DenseConfig, DenseFeatureExtractor
 from semret_ros.core.image import check_image, check_instance_ids
 from semret_ros.core.lexicon import model_lexicon
 from semret_ros.core.object_guided import REGION_ENCODERS, load_object_guided, region_batch
@@ -589,7 +589,7 @@ class ClipEmbedder:
             regions, global_feature = self._crop_features(image, instance_ids, boxes)
             return self._blend(regions, global_feature), global_feature
         grid, global_feature = self.embed_dense(image)
-        regions = pool_regions(grid, instance_ids, boxes.shape[0])
+        regions = self.dense_extractor.pool(grid, instance_ids, boxes)
         if mode == "blend":
             crops, _ = self._crop_features(image, instance_ids, boxes, with_global=False)
             weight = self.config.dense_weight

@@ -13,6 +13,7 @@ CLIP mean colour, which the preprocess normalizes to zero, so the fill carries n
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -78,6 +79,36 @@ def crop_region(
     )
 
 
+@dataclass(frozen=True)
+class SquareWindow:
+    """A square around a box, and the part of it that lies inside the image."""
+
+    side: int
+    """Side of the square in pixels."""
+    rows: slice
+    cols: slice
+    """The image's rows and columns the square covers (clipped to the image)."""
+    inner: tuple[slice, slice]
+    """Where those pixels lie in a (side, side) canvas of the square."""
+
+
+def square_window(bbox: BBox, padding: float, height: int, width: int) -> SquareWindow:
+    """The square centred on ``bbox`` (x, y, w, h), its longer side plus ``padding`` of it on
+    each side, in an image of ``height`` x ``width``; it may extend past the image's edges."""
+    x, y, w, h = bbox
+    side = max(w, h) + 2 * round(padding * max(w, h))
+    x0 = x + (w - side) // 2
+    y0 = y + (h - side) // 2
+    ix0, iy0 = max(x0, 0), max(y0, 0)
+    ix1, iy1 = min(x0 + side, width), min(y0 + side, height)
+    return SquareWindow(
+        side,
+        slice(iy0, iy1),
+        slice(ix0, ix1),
+        (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0)),
+    )
+
+
 def square_crop(
     image: np.ndarray,
     bbox: BBox,
@@ -95,27 +126,19 @@ def square_crop(
     be None for "bbox_crop", which never looks at the mask. The arguments are trusted
     (:func:`crop_region` and the embedder's config validate them): ``bbox`` is non-empty.
     """
-    x, y, w, h = bbox
-    side = max(w, h) + 2 * round(padding * max(w, h))
-    # Square window centred on the bbox, in image coordinates (may extend past the edges).
-    x0 = x + (w - side) // 2
-    y0 = y + (h - side) // 2
-    # Part of the window inside the image.
-    ix0, iy0 = max(x0, 0), max(y0, 0)
-    ix1, iy1 = min(x0 + side, image.shape[1]), min(y0 + side, image.shape[0])
-
-    window = image[iy0:iy1, ix0:ix1]
-    crop = np.empty((side, side, 3), np.uint8)
+    square = square_window(bbox, padding, image.shape[0], image.shape[1])
+    window = image[square.rows, square.cols]
+    crop = np.empty((square.side, square.side, 3), np.uint8)
     crop[...] = np.asarray(fill, np.uint8)
-    target = crop[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+    target = crop[square.inner]
     if mode == "bbox_crop":
         target[...] = window
         return crop
     if inside is None:
         raise ValueError(f"mode {mode!r} needs the region's mask")
-    region = inside(slice(iy0, iy1), slice(ix0, ix1))[..., None]
+    region = inside(square.rows, square.cols)[..., None]
     if mode == "blur":
-        target[...] = _heavy_blur(window, blur_sigma * side)
+        target[...] = _heavy_blur(window, blur_sigma * square.side)
     # Written in place: no window-sized temporaries per region.
     np.copyto(target, window, where=region)
     return crop

@@ -427,8 +427,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "dense.head",
         _CLIP.dense.head,
         "Apply the CLIP model folder's learned dense head (dense_head.safetensors, trained by "
-        "semret-train --objective clic-region or clic) to the dense cells when the folder has "
-        "one; false: the training-free cells.",
+        "semret-train --objective clic-region or clic, its region part by --objective "
+        "region-head) when the folder has one: to the dense cells, and to each region's pooled "
+        "cells with its silhouette (clip.region_features dense/blend); false: the training-free "
+        "cells and plain mean pooling.",
     ),
     # ----------------------------------------------------------------- refine
     _spec(

@@ -813,6 +813,34 @@ def _patch_of(rng: np.random.Generator, free: np.ndarray) -> np.ndarray:
     return mask if mask.any() else free
 
 
+def no_object_mask(rng: np.random.Generator, scene: Scene, whole_share: float = 0.0) -> np.ndarray:
+    """The mask of a region of ``scene`` that is no object, as a segmenter cuts one.
+
+    Half are ribbons along an object's outline (the thin superpixels felzenszwalb leaves at
+    blurred edges, which look like outlines of shapes), half are background patches between
+    the objects; of the patches, ``whole_share`` are the whole background around them (a
+    smooth wall or floor is one region spanning the frame)."""
+    covered = np.zeros(scene.image.shape[:2], bool)
+    for obj in scene.objects:
+        covered |= obj.mask
+    if rng.random() < 0.5:
+        target = scene.objects[int(rng.integers(len(scene.objects)))].mask.astype(np.uint8)
+        k = int(rng.integers(2, 6))
+        ribbon = cv2.dilate(target, np.ones((k, k), np.uint8)) > 0
+        ribbon &= cv2.erode(target, np.ones((2, 2), np.uint8)) == 0
+        ys, xs = np.nonzero(ribbon)
+        theta = rng.uniform(0, 2 * np.pi)
+        proj = xs * np.cos(theta) + ys * np.sin(theta)
+        keep = proj >= np.quantile(proj, rng.uniform(0.0, 0.6))
+        mask = np.zeros_like(ribbon)
+        mask[ys[keep], xs[keep]] = True
+        return mask
+    free = ~cv2.dilate(covered.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    # Drawn only when asked for, so that earlier recipes keep their random streams.
+    whole = whole_share > 0 and rng.random() < whole_share
+    return free if whole else _patch_of(rng, free)
+
+
 def sample_background_crop(
     seed: int | np.random.Generator | tuple[int, ...],
     scene_size: int = 160,
@@ -821,14 +849,10 @@ def sample_background_crop(
     randomize: bool = False,
     whole_share: float = 0.0,
 ) -> np.ndarray:
-    """A crop of a region that is no object, cut as the embedder cuts regions.
-
-    Half are ribbons along an object's outline (the thin superpixels felzenszwalb leaves at
-    blurred edges, whose masked crops look like outlines of shapes), half are background
-    patches between objects. Of the patches, ``whole_share`` are the whole background around
-    the objects: a smooth wall or floor is one region spanning the frame, whose masked crop is
-    a frame-sized rectangle with holes, and a model that never saw one calls it a square of
-    the wall's colour. Scenes use seen combos only. ``randomize`` as in :func:`sample_crop`.
+    """A crop of a region that is no object (:func:`no_object_mask`), cut as the embedder cuts
+    regions. Ribbons' masked crops look like outlines of shapes; the whole background's is a
+    frame-sized rectangle with holes, which a model that never saw one calls a square of the
+    wall's colour. Scenes use seen combos only. ``randomize`` as in :func:`sample_crop`.
     """
     from semret_ros.core.visual_prompt import crop_region
 
@@ -845,25 +869,7 @@ def sample_background_crop(
         hard,
         randomize,
     )
-    covered = np.zeros((scene_size, scene_size), bool)
-    for obj in scene.objects:
-        covered |= obj.mask
-    if rng.random() < 0.5:
-        target = scene.objects[int(rng.integers(len(scene.objects)))].mask.astype(np.uint8)
-        k = int(rng.integers(2, 6))
-        ribbon = cv2.dilate(target, np.ones((k, k), np.uint8)) > 0
-        ribbon &= cv2.erode(target, np.ones((2, 2), np.uint8)) == 0
-        ys, xs = np.nonzero(ribbon)
-        theta = rng.uniform(0, 2 * np.pi)
-        proj = xs * np.cos(theta) + ys * np.sin(theta)
-        keep = proj >= np.quantile(proj, rng.uniform(0.0, 0.6))
-        mask = np.zeros_like(ribbon)
-        mask[ys[keep], xs[keep]] = True
-    else:
-        free = ~cv2.dilate(covered.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        # Drawn only when asked for, so that earlier recipes keep their random streams.
-        whole = whole_share > 0 and rng.random() < whole_share
-        mask = free if whole else _patch_of(rng, free)
+    mask = no_object_mask(rng, scene, whole_share)
     pad = float(rng.uniform(*padding))
     image = simulate_camera(rng, scene.image) if randomize else scene.image
     return crop_region(image, mask, mode="masked_crop", padding=pad)

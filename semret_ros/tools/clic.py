@@ -33,6 +33,15 @@ masks is what the crop CLIP is trained on too; the towers stay frozen. Pooled ta
 nothing about a single cell, so ``--clic-weight`` adds the clic loss on the same scenes to
 keep mask-free pointing.
 
+Region-head objective (``--objective region-head``): the head's region part
+(:class:`~semret_ros.core.dense.RegionHead`, mask-aware pooling) on the frozen cell part
+already in ``--init``'s head. A mean over cells keeps colour and loses the outline, and shape
+is mostly outline; the region part reads a region's mean cells together with its silhouette.
+Its regions are every object's true mask and segmenter-like damaged versions of it
+(``--mask-variants``) and regions that are no object (``--background-regions``: ribbons along
+outlines, background patches, the whole background), from the same cached scenes; each meets
+one caption as in the region objective. It writes the whole head back, the cells unchanged.
+
 Everything upstream of the head is frozen, so each training scene's cells are computed once
 and cached (``--cache-dir``, chunks of :data:`CACHE_CHUNK` scenes; a resumed run reuses them),
 as are the captions' text features. Sample order and captions are pure functions of (seed,
@@ -56,17 +65,23 @@ import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
 from semret_ros.core.dense import (
+    HEAD_FILE,
     DenseConfig,
     DenseFeatureExtractor,
     DenseHead,
+    RegionHead,
+    TowerCells,
     WindowBatch,
     assemble,
     file_digest,
+    load_dense_head,
     pooling_weights,
     region_coverage,
     save_dense_head,
+    silhouettes,
 )
 from semret_ros.core.embedder import LOCAL_DIR_PREFIX, ClipConfig, ClipEmbedder
+from semret_ros.core.refine import region_stats
 from semret_ros.shapes import world as sw
 
 WILDCARD = -1
@@ -99,21 +114,14 @@ def soft_info_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 def pooled_scores(
-    head: torch.nn.Module,
-    grids: list[torch.Tensor],
-    text: torch.Tensor,
-    temperature: float,
+    cells: list[torch.Tensor], text: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """(B, T) scene-caption scores: per scene, the soft maximum over its cells of the
-    cosine between the head's cell features and the (T, D) unit caption features.
-
-    ``grids`` holds each scene's raw tower cells, (M, h, w, D) for its M windows.
-    """
+    """(B, T) scene-caption scores: per scene, the soft maximum over its (h * w, D) unit
+    cells (:func:`scene_cells`) of their cosine with the (T, D) unit caption features."""
     scores = []
-    for grid in grids:
-        cells = F.normalize(head(grid.float()), dim=-1).reshape(-1, text.shape[1])
-        sims = cells @ text.T
-        pooled = torch.logsumexp(sims / temperature, dim=0) - math.log(cells.shape[0])
+    for grid in cells:
+        sims = grid @ text.T
+        pooled = torch.logsumexp(sims / temperature, dim=0) - math.log(grid.shape[0])
         scores.append(temperature * pooled)
     return torch.stack(scores)
 
@@ -163,11 +171,28 @@ class CachedScene:
     """(M, h, w, D) float16 raw tower cells of the scene's windows."""
     keys: list[tuple[int, int]]
     """Its objects' (colour, shape) keys."""
+    layout: WindowBatch
+    """The windows' places in the tower's grid (no pixels), to assemble the head's cells."""
+    fine: torch.Tensor | None = None
+    """Heads with a fine input only: (M, 2h, 2w, C) float16 the tower's fine maps."""
     regions: torch.Tensor | None = None
-    """Region objective only: (1 + N, h * w) float32 pooling weights over the grid's cells of
-    the background (row 0) and of each object (:func:`~semret_ros.core.dense.pooling_weights`)."""
-    layout: WindowBatch | None = None
-    """Region objective only: the windows' places in the grid (no pixels), to assemble it."""
+    """Region objective only: (1 + N, cells) float32 pooling weights over the head's output
+    grid of the background (row 0) and of each object
+    (:func:`~semret_ros.core.dense.pooling_weights`)."""
+
+
+def scene_cells(head: DenseHead, scene: CachedScene) -> torch.Tensor:
+    """(cells, D) unit cells of a cached scene through ``head``, assembled as
+    :meth:`~semret_ros.core.dense.DenseFeatureExtractor.extract` assembles them."""
+    fine = None if scene.fine is None else scene.fine.float()
+    grid = assemble(head(scene.grid.float(), fine), scene.layout, head.scale)
+    return grid.reshape(-1, grid.shape[-1])
+
+
+def output_grid(layout: WindowBatch, fine: bool) -> tuple[int, int]:
+    """(h, w) of the head's output grid over a scene's windows."""
+    scale = 2 if fine else 1
+    return layout.grid_shape[0] * scale, layout.grid_shape[1] * scale
 
 
 def region_weights(scene: sw.Scene, grid_shape: tuple[int, int]) -> torch.Tensor:
@@ -195,15 +220,10 @@ def background_pieces(
     return pieces
 
 
-def region_features(
-    head: torch.nn.Module, scenes: list[CachedScene], weights: list[torch.Tensor]
-) -> torch.Tensor:
-    """(R, D) unit region features: per scene, the head's assembled unit cells averaged with
-    that scene's (r, h * w) ``weights`` (what ``pool_regions`` computes at query time)."""
-    out = []
-    for scene, w in zip(scenes, weights, strict=True):
-        cells = assemble(head(scene.grid.float()), scene.layout)
-        out.append(w @ cells.reshape(w.shape[1], -1))
+def region_features(cells: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
+    """(R, D) unit region features: per scene, its (cells, D) unit cells (:func:`scene_cells`)
+    averaged with its (r, cells) ``weights`` (what ``pool_regions`` computes at query time)."""
+    out = [w @ grid for grid, w in zip(cells, weights, strict=True)]
     return F.normalize(torch.cat(out), dim=-1)
 
 
@@ -218,10 +238,16 @@ def training_scene(seed: int, index: int) -> sw.Scene:
         attempt += 1
 
 
-def encode_windows(extractor: DenseFeatureExtractor, batch: WindowBatch) -> torch.Tensor:
-    """(M, h, w, D) raw frozen tower cells of an image's windows (what the head transforms)."""
-    chunks = batch.pixels.split(extractor.config.batch_size)
-    return torch.cat([extractor.encode(chunk).float().cpu() for chunk in chunks])
+def encode_windows(extractor: DenseFeatureExtractor, batch: WindowBatch, fine: bool) -> TowerCells:
+    """The frozen tower's cells (and fine maps, with ``fine``) of an image's windows: what
+    the head transforms."""
+    out = [
+        extractor.encode(chunk, fine) for chunk in batch.pixels.split(extractor.config.batch_size)
+    ]
+    return TowerCells(
+        torch.cat([o.cells.float().cpu() for o in out]),
+        torch.cat([o.fine.float().cpu() for o in out]) if fine else None,
+    )
 
 
 def load_scenes(
@@ -232,13 +258,15 @@ def load_scenes(
     progress: bool,
     weights_file: Path,
     regions: bool = False,
+    fine: bool = False,
 ) -> list[CachedScene]:
     """The run's ``count`` training scenes' frozen cells, from ``cache_dir`` when there;
-    with ``regions``, also their objects' and background's pooling weights.
+    with ``fine``, also the tower's fine maps; with ``regions``, also their objects' and
+    background's pooling weights over the head's output grid.
 
     Cache files are named after the tower weights' digest, the input size, the seed and
-    whether they hold regions, so a retrained model or another grid never reads stale cells."""
-    tag = " regions" if regions else ""
+    what they hold, so a retrained model or another grid never reads stale cells."""
+    tag = (" regions" if regions else "") + (" fine" if fine else "")
     key = hashlib.sha256(
         f"{file_digest(weights_file)} {extractor.input_size} {seed}{tag}".encode()
     ).hexdigest()[:16]
@@ -255,11 +283,16 @@ def load_scenes(
             for index in range(start, stop):
                 scene = training_scene(seed, index)
                 batch = extractor.windows(scene.image)
-                grid = encode_windows(extractor, batch).half()
-                cached = CachedScene(grid, scene_keys_of(scene))
+                tower = encode_windows(extractor, batch, fine)
+                layout = WindowBatch(torch.empty(0), batch.origins, batch.grid_shape)
+                cached = CachedScene(
+                    tower.cells.half(),
+                    scene_keys_of(scene),
+                    layout,
+                    None if tower.fine is None else tower.fine.half(),
+                )
                 if regions:
-                    cached.regions = region_weights(scene, batch.grid_shape)
-                    cached.layout = WindowBatch(torch.empty(0), batch.origins, batch.grid_shape)
+                    cached.regions = region_weights(scene, output_grid(layout, fine))
                 chunk.append(cached)
                 bar.update(1)
             if path is not None:
@@ -272,11 +305,70 @@ def load_scenes(
 
 
 @dataclass
+class RegionSamples:
+    """The region-head objective's regions, as the frozen cell head sees them: every object's
+    true mask and segmenter-like versions of it, and regions that are no object."""
+
+    pooled: torch.Tensor
+    """(S, D) unit mean of the head's cells over each region's mask (``pool_regions``)."""
+    outline: torch.Tensor
+    """(S, size, size) uint8 silhouettes (:func:`~semret_ros.core.dense.silhouettes`, x 255)."""
+    keys: list[tuple[int, int]]
+    """Per region, its object's (colour, shape) key, or :data:`BACKGROUND_KEY`."""
+
+
+def region_samples(
+    head: DenseHead,
+    scenes: list[CachedScene],
+    seed: int,
+    variants: int,
+    background: int,
+    progress: bool,
+) -> RegionSamples:
+    """The regions of the run's cached training scenes for the head's region part.
+
+    Per object: its true visible mask and ``variants - 1`` versions damaged as a segmenter
+    damages masks (:func:`~semret_ros.shapes.world.perturb_mask`: eroded, dilated, shifted,
+    fragments, bleeding); per scene, ``background`` regions that are no object
+    (:func:`~semret_ros.shapes.world.no_object_mask`: ribbons along outlines, which look like
+    rings, patches, the whole background). The scenes are regenerated from their seeds for
+    their id images; the cells come from the cache.
+    """
+    size = head.region.size
+    pooled, outlines, keys = [], [], []
+    bar = tqdm(scenes, disable=not progress, desc="regions", file=sys.stderr)
+    for index, cached in enumerate(bar):
+        scene = training_scene(seed, index)
+        rng = np.random.default_rng((seed, index, 0x5111))
+        masks, mask_keys = [], []
+        for k, key in enumerate(cached.keys):
+            true = scene.instance_ids == k + 1
+            masks += [true] + [sw.perturb_mask(rng, true) for _ in range(variants - 1)]
+            mask_keys += [key] * variants
+        for _ in range(background):
+            masks.append(sw.no_object_mask(rng, scene, whole_share=1 / 3))
+            mask_keys.append(BACKGROUND_KEY)
+        with torch.no_grad():
+            cells = scene_cells(head, cached)
+        grid = output_grid(cached.layout, cached.fine is not None)
+        for mask, key in zip(masks, mask_keys, strict=True):
+            if not mask.any():
+                continue
+            ids = mask.astype(np.int32)
+            weights = torch.from_numpy(pooling_weights(region_coverage(ids, 1, grid)[1:]))
+            pooled.append(F.normalize(weights.float() @ cells, dim=-1)[0])
+            outline = silhouettes(ids, region_stats(ids, 1)[0], size)[0]
+            outlines.append(torch.from_numpy(np.round(outline * 255).astype(np.uint8)))
+            keys.append(key)
+    return RegionSamples(torch.stack(pooled), torch.stack(outlines), keys)
+
+
+@dataclass
 class EvalSet:
     """Fixed hard 640x480 scenes (never trained on) to watch pointing while training."""
 
-    grids: list[tuple[torch.Tensor, WindowBatch]]
-    """Per scene, its raw window cells and their windows (to assemble them as ``extract``)."""
+    scenes: list[CachedScene]
+    """Per scene, its raw tower cells and their windows (to assemble them as ``extract``)."""
     cell_objects: list[list[np.ndarray]]
     """Per scene, per object: a bool per cell, True where the cell's centre is on it."""
     full: list[torch.Tensor]
@@ -284,27 +376,33 @@ class EvalSet:
     shape: list[torch.Tensor]
     """Per scene, the (n_objects, D) text features of the shape-only phrases."""
     regions: list[torch.Tensor]
-    """Per scene, the (n_objects, h * w) pooling weights of its objects' true masks."""
+    """Per scene, the (n_objects, cells) pooling weights of its objects' true masks."""
     keys: list[list[tuple[int, int]]]
     """Per scene, its objects' (colour, shape) keys."""
+    instance_ids: list[np.ndarray]
+    """Per scene, its id image (the objects' silhouettes, for a head's region part)."""
 
 
-def build_eval_set(embedder: ClipEmbedder, extractor: DenseFeatureExtractor, count: int) -> EvalSet:
+def build_eval_set(
+    embedder: ClipEmbedder, extractor: DenseFeatureExtractor, count: int, fine: bool
+) -> EvalSet:
     """``count`` hard 640x480 scenes of seen combos from :data:`EVAL_SEED` on, with the
     query-time text features (the embedder's prompt ensemble) of their objects' names."""
-    grids, cells, full, shape, regions, keys = [], [], [], [], [], []
+    scenes, cells, full, shape, regions, keys, ids = [], [], [], [], [], [], []
     for i in range(count):
         scene = sw.generate_scene(EVAL_SEED + i, hard=True, which="seen")
         batch = extractor.windows(scene.image)
-        grid = encode_windows(extractor, batch)
-        rows, cols = batch.grid_shape
+        tower = encode_windows(extractor, batch, fine)
+        layout = WindowBatch(torch.empty(0), batch.origins, batch.grid_shape)
+        rows, cols = output_grid(layout, fine)
         height, width = scene.image.shape[:2]
         ys = ((np.arange(rows) + 0.5) * height / rows).astype(int)
         xs = ((np.arange(cols) + 0.5) * width / cols).astype(int)
-        grids.append((grid, WindowBatch(torch.empty(0), batch.origins, batch.grid_shape)))
+        scenes.append(CachedScene(tower.cells, scene_keys_of(scene), layout, tower.fine))
         cells.append([o.mask[np.ix_(ys, xs)].reshape(-1) for o in scene.objects])
-        regions.append(region_weights(scene, batch.grid_shape)[1:])
+        regions.append(region_weights(scene, (rows, cols))[1:])
         keys.append(scene_keys_of(scene))
+        ids.append(scene.instance_ids)
         full.append(
             torch.from_numpy(
                 embedder.embed_text([sw.query_phrase("full", o) for o in scene.objects])
@@ -315,27 +413,33 @@ def build_eval_set(embedder: ClipEmbedder, extractor: DenseFeatureExtractor, cou
                 embedder.embed_text([sw.query_phrase("shape", o) for o in scene.objects])
             )
         )
-    return EvalSet(grids, cells, full, shape, regions, keys)
+    return EvalSet(scenes, cells, full, shape, regions, keys, ids)
 
 
 @torch.no_grad()
-def pointing(head: torch.nn.Module, data: EvalSet) -> dict[str, float]:
+def pointing(head: DenseHead, data: EvalSet) -> dict[str, float]:
     """Share of objects whose full name / shape's best cell lies on them (``point_*``), and
     whose full name / shape's best true-mask region is one with that name / shape
     (``region_*``: hit@1 of dense-pooled regions on perfect masks), on the grid the
     extractor would give with ``head``."""
     hits = {"point_full": [], "point_shape": [], "region_full": [], "region_shape": []}
-    for (grid, batch), on, full, shape, weights, keys in zip(
-        data.grids,
+    for scene, on, full, shape, weights, keys, ids in zip(
+        data.scenes,
         data.cell_objects,
         data.full,
         data.shape,
         data.regions,
         data.keys,
+        data.instance_ids,
         strict=True,
     ):
-        cells = assemble(head(grid), batch).reshape(-1, full.shape[1])
+        cells = scene_cells(head, scene)
         pooled = F.normalize(weights @ cells, dim=-1)
+        if head.region is not None:
+            boxes = region_stats(ids, len(keys))[0]
+            pooled = head.region(
+                pooled, torch.from_numpy(silhouettes(ids, boxes, head.region.size))
+            )
         for kind, text, part in (("full", full, slice(0, 2)), ("shape", shape, slice(1, 2))):
             best = (cells @ text.T).argmax(dim=0)
             hits[f"point_{kind}"].extend(bool(on[k][int(best[k])]) for k in range(len(on)))
@@ -355,13 +459,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head-hidden", type=int, default=128, help="clic: head channels")
     g.add_argument("--head-layers", type=int, default=3, help="clic: 3x3 conv layers")
     g.add_argument(
+        "--head-fine",
+        action="store_true",
+        help="clic: the head also reads the ResNet tower's stride-16 map and answers on that "
+        "finer grid",
+    )
+    g.add_argument(
         "--pool-temperature", type=float, default=0.07, help="clic: soft maximum over cells"
     )
     g.add_argument(
         "--background-regions",
         type=int,
         default=2,
-        help="clic-region: at most this many captioned background pieces per scene (0: none)",
+        help="clic-region: at most this many captioned background pieces per scene (0: none); "
+        "region-head: this many regions that are no object per scene",
+    )
+    g.add_argument(
+        "--silhouette-size",
+        type=int,
+        default=32,
+        help="region-head: side in pixels of a region's silhouette (a multiple of 8)",
+    )
+    g.add_argument(
+        "--mask-variants",
+        type=int,
+        default=4,
+        help="region-head: masks per object, its true one and segmenter-like damaged ones",
     )
     g.add_argument(
         "--clic-weight",
@@ -399,10 +522,11 @@ def clic_batch(
     args: argparse.Namespace,
     step: int,
     batch: list[CachedScene],
-    head: torch.nn.Module,
+    cells: list[torch.Tensor],
     text_of: dict[str, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scene-caption scores, their true pairs) of one clic step."""
+    """(scene-caption scores, their true pairs) of one clic step, on the batch's unit cells
+    (:func:`scene_cells`)."""
     texts, keys = [], []
     for slot, scene in enumerate(batch):
         rng = np.random.default_rng((args.seed, step, slot, 0xCA9))
@@ -410,7 +534,7 @@ def clic_batch(
             texts.append(text_of[caption])
             keys.append(key)
     pos = caption_positives([s.keys for s in batch], torch.tensor(keys, dtype=torch.long))
-    scores = pooled_scores(head, [s.grid for s in batch], torch.stack(texts), args.pool_temperature)
+    scores = pooled_scores(cells, torch.stack(texts), args.pool_temperature)
     return scores, pos
 
 
@@ -418,11 +542,12 @@ def region_batch(
     args: argparse.Namespace,
     step: int,
     batch: list[CachedScene],
-    head: torch.nn.Module,
+    cells: list[torch.Tensor],
     text_of: dict[str, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(region-caption scores, their true pairs) of one clic-region step: every object's
-    and background piece's pooled feature against one caption of each."""
+    and background piece's pooled feature (over the batch's unit ``cells``) against one
+    caption of each."""
     weights, texts, keys = [], [], []
     for slot, scene in enumerate(batch):
         rng = np.random.default_rng((args.seed, step, slot, 0x2E6))
@@ -431,15 +556,50 @@ def region_batch(
             texts.append(text_of[caption])
             keys.append((key, caption_key))
         count = int(rng.integers(1, args.background_regions + 1)) if args.background_regions else 0
-        pieces = background_pieces(rng, scene.regions[0], scene.layout.grid_shape, count)
+        pieces = background_pieces(
+            rng, scene.regions[0], output_grid(scene.layout, scene.fine is not None), count
+        )
         for _ in range(pieces.shape[0]):
             caption = sw.GENERIC_TEMPLATES[int(rng.integers(len(sw.GENERIC_TEMPLATES)))]
             texts.append(text_of[caption])
             keys.append((BACKGROUND_KEY, BACKGROUND_KEY))
         weights.append(torch.cat([scene.regions[1:], pieces]))
-    features = region_features(head, batch, weights)
+    features = region_features(cells, weights)
     pos = caption_positives(
         [[region] for region, _ in keys], torch.tensor([c for _, c in keys], dtype=torch.long)
+    )
+    return features @ torch.stack(texts).T, pos
+
+
+def region_head_batch(
+    args: argparse.Namespace,
+    step: int,
+    samples: RegionSamples,
+    region: RegionHead,
+    text_of: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(region-caption scores, their true pairs) of one region-head step: ``--batch-size``
+    random regions, each against one caption drawn for it."""
+    rng = np.random.default_rng((args.seed, step, 0x2E9))
+    picked = rng.choice(
+        len(samples.keys), size=min(args.batch_size, len(samples.keys)), replace=False
+    )
+    texts, caption_keys = [], []
+    for i in picked.tolist():
+        key = samples.keys[i]
+        if key == BACKGROUND_KEY:
+            texts.append(
+                text_of[sw.GENERIC_TEMPLATES[int(rng.integers(len(sw.GENERIC_TEMPLATES)))]]
+            )
+            caption_keys.append(BACKGROUND_KEY)
+        else:
+            caption, caption_key = draw_captions(rng, [key], 1)[0]
+            texts.append(text_of[caption])
+            caption_keys.append(caption_key)
+    index = torch.from_numpy(picked)
+    features = region(samples.pooled[index], samples.outline[index].float() / 255.0)
+    pos = caption_positives(
+        [[samples.keys[i]] for i in picked.tolist()], torch.tensor(caption_keys, dtype=torch.long)
     )
     return features @ torch.stack(texts).T, pos
 
@@ -451,13 +611,16 @@ def train_clic(args: argparse.Namespace, argv: list[str]) -> int:
         raise SystemExit(
             f"--objective {args.objective} needs --init (the model folder whose towers it uses)"
         )
-    if args.scenes < args.batch_size:
+    if args.scenes < args.batch_size and args.objective != "region-head":
         raise SystemExit("--scenes must be >= --batch-size")
+    if args.mask_variants < 1 or args.silhouette_size < 8 or args.silhouette_size % 8:
+        raise SystemExit("--mask-variants must be >= 1, --silhouette-size a multiple of 8")
     if args.captions_per_image < 1 or args.pool_temperature <= 0:
         raise SystemExit("--captions-per-image must be >= 1 and --pool-temperature > 0")
     if args.background_regions < 0 or args.clic_weight < 0:
         raise SystemExit("--background-regions and --clic-weight must be >= 0")
-    regions = args.objective == "clic-region"
+    region_head = args.objective == "region-head"
+    regions = args.objective == "clic-region" or region_head
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -467,13 +630,29 @@ def train_clic(args: argparse.Namespace, argv: list[str]) -> int:
     )
     extractor = DenseFeatureExtractor.from_embedder(embedder, DenseConfig(head=False))
     model = embedder.model.eval().requires_grad_(False)
-    head = DenseHead(int(model.visual.output_dim), args.head_hidden, args.head_layers)
+    dim = int(model.visual.output_dim)
+    if region_head:
+        if not (folder / HEAD_FILE).is_file():
+            raise SystemExit(
+                f"--objective region-head trains the region part of {folder / HEAD_FILE}: run "
+                "--objective clic-region first"
+            )
+        head = load_dense_head(folder / HEAD_FILE, dim, embedder.weights_file)
+        head.region = RegionHead(dim, args.silhouette_size)
+        trained = head.region
+    else:
+        if args.head_fine and not extractor.fine_dim:
+            raise SystemExit("--head-fine needs a ResNet image tower")
+        fine_dim = extractor.fine_dim if args.head_fine else 0
+        head = DenseHead(dim, args.head_hidden, args.head_layers, fine_dim)
+        trained = head
+    fine = head.fine_dim > 0
     start_scale = (
         math.log(args.logit_scale) if args.logit_scale > 0 else float(model.logit_scale.item())
     )
     logit_scale = torch.nn.Parameter(torch.tensor(start_scale))
-    weights = [p for p in head.parameters() if p.ndim >= 2]
-    gains = [p for p in head.parameters() if p.ndim < 2]
+    weights = [p for p in trained.parameters() if p.ndim >= 2]
+    gains = [p for p in trained.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [
             {"params": weights, "weight_decay": args.weight_decay},
@@ -513,8 +692,23 @@ def train_clic(args: argparse.Namespace, argv: list[str]) -> int:
         not args.no_progress,
         embedder.weights_file,
         regions,
+        fine,
     )
-    eval_set = build_eval_set(embedder, extractor, args.eval_scenes) if args.eval_every else None
+    samples = (
+        region_samples(
+            head,
+            scenes,
+            args.seed,
+            args.mask_variants,
+            args.background_regions,
+            not args.no_progress,
+        )
+        if region_head
+        else None
+    )
+    eval_set = (
+        build_eval_set(embedder, extractor, args.eval_scenes, fine) if args.eval_every else None
+    )
     if eval_set is not None and start == 0:
         head.eval()
         record = {"step": 0, **pointing(head, eval_set)}
@@ -533,12 +727,18 @@ def train_clic(args: argparse.Namespace, argv: list[str]) -> int:
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, args.steps, args.warmup, args.lr)
-        batch = [scenes[i] for i in scene_order(args.seed, step, args.batch_size, len(scenes))]
-        head.train()
-        scores, pos = (region_batch if regions else clic_batch)(args, step, batch, head, text_of)
+        trained.train()
+        if region_head:
+            scores, pos = region_head_batch(args, step, samples, head.region, text_of)
+        else:
+            order = scene_order(args.seed, step, args.batch_size, len(scenes))
+            batch = [scenes[i] for i in order]
+            cells = [scene_cells(head, scene) for scene in batch]
+            objective = region_batch if regions else clic_batch
+            scores, pos = objective(args, step, batch, cells, text_of)
         loss = soft_info_nce(logit_scale.exp() * scores, pos)
-        if regions and args.clic_weight > 0:
-            scores, pos = clic_batch(args, step, batch, head, text_of)
+        if regions and not region_head and args.clic_weight > 0:
+            scores, pos = clic_batch(args, step, batch, cells, text_of)
             loss = loss + args.clic_weight * soft_info_nce(logit_scale.exp() * scores, pos)
         opt.zero_grad(set_to_none=True)
         loss.backward()

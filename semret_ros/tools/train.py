@@ -78,14 +78,16 @@ frame-spanning region a smooth wall becomes). 4: recipe 3 with crosses at any an
 keeps the earlier ones' data, so the stages that used them still reproduce."""
 WHOLE_BACKGROUND_SHARE = 1 / 3
 """Recipe 3's share of background patches that are the whole background."""
-OBJECTIVES = ("clip", "object-guided", "clic", "clic-region")
+OBJECTIVES = ("clip", "object-guided", "clic", "clic-region", "region-head")
 """clip: the open_clip model itself (both towers, or the image tower alone with --lock-text).
 object-guided: seed 004's region encoder (:mod:`semret_ros.core.object_guided`) on the frozen
 --init CLIP, trained against its frozen text tower (LiT-style). clic: seed 002's dense head on
 the frozen --init CLIP's dense cells, trained on whole captioned scenes without masks
 (:mod:`semret_ros.tools.clic`), written into --output as the model folder's dense head.
 clic-region: the same head, trained on each object's (and background piece's) cells pooled
-over its true mask against its caption (region-supervised; same module, file and loader)."""
+over its true mask against its caption (region-supervised; same module, file and loader).
+region-head: the dense head's region part (mask-aware pooling, a region's mean cells read with
+its silhouette) on the frozen cell part already in --init's dense head, written back into it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to train (see OBJECTIVES); object-guided needs --init (the frozen CLIP) "
         "and writes an encoder folder for clip.region_encoder; clic and clic-region need "
         "--init and write the dense head into --output (the model folder, usually the same "
-        "as --init)",
+        "as --init); region-head adds the region part to --init's dense head",
     )
     p.add_argument(
         "--lock-text",
@@ -602,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--resume needs --checkpoint-dir")
     if args.objective == "object-guided" and args.init is None and not args.resume:
         raise SystemExit("--objective object-guided needs --init (the CLIP model it builds on)")
-    if args.objective in ("clic", "clic-region"):
+    if args.objective in ("clic", "clic-region", "region-head"):
         return train_clic(args, [str(a) for a in (argv if argv is not None else sys.argv[1:])])
     if args.threads > 0:
         torch.set_num_threads(args.threads)
