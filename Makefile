@@ -35,20 +35,22 @@ MODEL_STAGE2B_ARGS ?= --model-config semret_ros/models/shapes_tiny.json \
 MODEL_ARGS ?= --model-config semret_ros/models/shapes_tiny.json --init $(BUILD)/model_stage2b \
   --output semret_ros/models/shapes_default --recipe 4 --steps 800 --batch-size 128 --lr 2e-4 \
   --warmup 30 --seed 3 --workers 1 --threads 1 --eval-every 100 --eval-crops 200 --fp16
-# Stage 3 (seed 002): the dense head on the frozen stage-2c model, region-supervised
-# (clic-region: cells pooled over each object's true mask against its caption, plus the CLIC
-# loss on the same scenes), written into the model folder as dense_head.safetensors.
+# Stage 3 (seed 002): the dense head's cells on the frozen stage-2c model, on the tower's
+# stride-16 map too (--head-fine), region-supervised (clic-region: cells pooled over each
+# object's true mask against its caption, plus the CLIC loss on the same scenes), written into
+# the model folder as dense_head.safetensors.
 MODEL_CLIC_ARGS ?= --objective clic-region --init semret_ros/models/shapes_default \
-  --output semret_ros/models/shapes_default --scenes 2000 --batch-size 32 \
-  --captions-per-image 3 --clic-weight 1 --background-regions 2 --steps 1000 --lr 1e-3 \
-  --warmup 50 --weight-decay 0.05 --seed 0 --threads 1 --eval-every 250 --eval-scenes 20 \
-  --save-every 250 --checkpoint-dir $(BUILD)/clic_region --cache-dir $(BUILD)/clic_region/cache
+  --output semret_ros/models/shapes_default --head-fine --head-hidden 96 --head-layers 4 \
+  --scenes 3000 --batch-size 32 --captions-per-image 3 --clic-weight 1 --background-regions 2 \
+  --steps 1500 --lr 1e-3 --warmup 50 --weight-decay 0.05 --seed 0 --threads 2 \
+  --eval-every 250 --eval-scenes 20 --save-every 250 --checkpoint-dir $(BUILD)/clic_region \
+  --cache-dir $(BUILD)/clic_region/cache
 # Stage 3b: the dense head's region part (mask-aware pooling: a region's mean cells read with
 # its silhouette) on stage 3's frozen cells, from the same cached scenes, added to the head.
 MODEL_REGION_ARGS ?= --objective region-head --init semret_ros/models/shapes_default \
   --output semret_ros/models/shapes_default --scenes 2000 --batch-size 256 --mask-variants 4 \
   --background-regions 3 --silhouette-size 32 --steps 1500 --lr 1e-3 --warmup 50 \
-  --weight-decay 0.05 --seed 0 --threads 1 --eval-every 250 --eval-scenes 20 --save-every 500 \
+  --weight-decay 0.05 --seed 0 --threads 2 --eval-every 250 --eval-scenes 20 --save-every 500 \
   --checkpoint-dir $(BUILD)/region_head --cache-dir $(BUILD)/clic_region/cache
 # `make sam2-model` re-trains the shipped small SAM2 (semret_ros/models/sam2_shapes_default, see
 # its MODEL_CARD.md) from its seed; an interrupted run continues from $(BUILD)/sam2_model.

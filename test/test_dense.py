@@ -30,6 +30,7 @@ from semret_ros.core.records import Prompt
 from semret_ros.core.scoring import QueryConfig
 from semret_ros.core.segmenters import SuperpixelConfig, SuperpixelSegmenter
 from semret_ros.shapes.world import generate_scene
+from semret_ros.tools.evaluate import pointed_pixel
 
 TINY_VIT_CFG = {
     "embed_dim": 32,
@@ -284,15 +285,16 @@ def mask_free(shipped_embedder):
 def test_mask_free_frame_regions_are_the_grid_cells(mask_free):
     _, scene, frame = mask_free
     rows, cols = frame.grid_shape
-    assert (rows, cols) == (15, 20)
+    assert (rows, cols) == (30, 40)  # the shipped head answers on a grid twice as fine
     assert frame.num_regions == rows * cols
     np.testing.assert_array_equal(frame.instance_ids, cell_ids(480, 640, (rows, cols)))
     assert frame.image is scene.image or np.array_equal(frame.image, scene.image)
 
 
 def test_mask_free_query_points_at_the_named_object(mask_free):
-    """The similarity peak lies on the named object (measured 19 of 22 objects on these
-    scenes; a random feature grid points at an object for about its share of the image)."""
+    """The similarity peak lies on the named object (measured 23 of 23 objects on these
+    scenes with the shipped head; a random feature grid points at an object for about its
+    share of the image)."""
     pipeline = mask_free[0]
     hits = asked = 0
     for seed in (5, 6, 7):
@@ -304,8 +306,9 @@ def test_mask_free_query_points_at_the_named_object(mask_free):
             assert result.similarity.dtype == np.float32
             assert result.similarity.min() >= 0.0 and result.similarity.max() <= 1.0
             np.testing.assert_array_equal(result.mask, result.similarity >= 0.3)
-            peak = np.unravel_index(np.argmax(result.similarity), result.similarity.shape)
-            hits += bool(obj.mask[peak])
+            # The most relevant cell's centre (semret-eval's pointing): the clipped similarity
+            # image's maximum is a plateau of ties where cells are sure.
+            hits += bool(obj.mask[pointed_pixel(frame, result, int(np.argmax(result.relevance)))])
             asked += 1
             # Matches are the mask's connected regions, best first, their ids in `regions`.
             scores = [m.score for m in result.matches]
@@ -314,7 +317,7 @@ def test_mask_free_query_points_at_the_named_object(mask_free):
                 region = result.regions == match.id
                 assert region.sum() == match.area and result.mask[region].all()
                 assert match.score == pytest.approx(float(result.similarity[region].mean()), 1e-5)
-    assert hits / asked >= 0.75, f"{hits} of {asked}"
+    assert hits / asked >= 0.85, f"{hits} of {asked}"
 
 
 def test_mask_free_normalised_query_always_matches_its_best_place(mask_free):

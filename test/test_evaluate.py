@@ -7,6 +7,7 @@ segmentation ceiling exactly 1); the hit@1 rule itself is checked on a hand-made
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -26,6 +27,7 @@ from semret_ros.tools.evaluate import (
     is_ambiguous,
     main,
     majority_objects,
+    pointed_pixel,
     position_error,
     region_ious,
     summarize_labels,
@@ -356,3 +358,41 @@ def test_mask_free_mode_and_dense_region_features_are_evaluated(tmp_path, tiny_c
         _, pooled = _run(tmp_path / features, tiny_clip_dir, "gt", "--region-features", features)
         assert pooled["config"]["pipeline"]["clip"]["region_features"] == features
         assert 0.0 <= pooled["summary"]["hit_at_1"] <= 1.0
+
+
+def test_mask_free_pointing_takes_the_most_relevant_cell_not_the_first_of_tied_pixels():
+    """The upsampled similarity is clipped at 1: where cells are sure, its maximum is a
+    plateau of ties. The pointed pixel is the centre of the most relevant cell."""
+    height, width, rows, cols = 40, 60, 2, 3
+    cells = (np.arange(height) * rows // height)[:, None] * cols + (
+        np.arange(width) * cols // width
+    )[None, :]
+    count = rows * cols
+    frame = SemanticFrame(
+        stamp_ns=0,
+        frame_id="cam",
+        image=np.zeros((height, width, 3), np.uint8),
+        instance_ids=(cells + 1).astype(np.int32),
+        embeddings=np.zeros((count, 4), np.float32),
+        global_embedding=np.zeros(4, np.float32),
+        scores=np.ones(count, np.float32),
+        bboxes=np.zeros((count, 4), np.int32),
+        areas=np.zeros(count, np.int64),
+        model="m",
+        grid_shape=(rows, cols),
+    )
+    relevance = np.array([0.99, 0.2, 0.1, 0.3, 0.2, 1.0], np.float32)  # best: cell 5
+    similarity = np.ones((height, width), np.float32)  # a plateau: every pixel ties at 1
+    result = QueryResult(
+        text="x",
+        threshold=0.5,
+        relevance=relevance,
+        margin=relevance,
+        similarity=similarity,
+        mask=similarity > 0.5,
+        matches=[],
+        regions=np.zeros((height, width), np.int32),
+    )
+    assert pointed_pixel(frame, result, 5) == (29, 49)  # rows 20..39, columns 40..59
+    with_regions = dataclasses.replace(frame, grid_shape=None)
+    assert pointed_pixel(with_regions, result, 5) == (0, 0)  # regions: the image's maximum

@@ -41,8 +41,8 @@ def test_the_mask_free_node_answers_query_and_label_from_the_grid(ros_env, tmp_p
         stamp = 1_800_000_000 * 1_000_000_000
         frame = publish_until_processed(camera, frames, image_msg(scene.image, "rgb8", stamp))
         ids = image_to_numpy(frame.instance_ids)
-        # Regions are the 15 x 20 cells of the dense grid at 640x480.
-        assert len(frame.segments) == 300 and int(ids.max()) == 300
+        # Regions are the 30 x 40 cells of the shipped head's grid at 640x480.
+        assert len(frame.segments) == 1200 and int(ids.max()) == 1200
 
         pointed = 0
         for obj in scene.objects:
@@ -56,8 +56,9 @@ def test_the_mask_free_node_answers_query_and_label_from_the_grid(ros_env, tmp_p
             mask = image_to_numpy(response.mask) > 0
             assert similarity.shape == scene.image.shape[:2]
             np.testing.assert_array_equal(mask, similarity >= 0.3)
-            peak = np.unravel_index(int(np.argmax(similarity)), similarity.shape)
-            pointed += bool(obj.mask[peak])
+            # The similarity is clipped at 1: its peak is the plateau of pixels at the maximum.
+            peak = similarity >= similarity.max() - 1e-6
+            pointed += bool(obj.mask[peak].mean() >= 0.5)
             scores = [m.score for m in response.matches]
             assert scores == sorted(scores, reverse=True)
             assert sum(m.area for m in response.matches) <= int(mask.sum())

@@ -227,6 +227,17 @@ def depth_summary(records: Sequence[QueryRecord]) -> dict[str, object]:
     }
 
 
+def pointed_pixel(frame: SemanticFrame, result: QueryResult, best: int) -> tuple[int, int]:
+    """(row, column) the answer points at: the similarity image's maximum, or on a mask-free
+    frame the centre of its most relevant cell (``best``). The upsampled similarity is clipped
+    at 1, so where cells are sure its maximum is a plateau of hundreds of tied pixels, and the
+    first of them in row-major order says nothing about where the peak is."""
+    if frame.grid_shape is None or best < 0:
+        return np.unravel_index(int(np.argmax(result.similarity)), result.similarity.shape)
+    rows, cols = np.nonzero(frame.instance_ids == best + 1)
+    return (int(rows.min() + rows.max()) // 2, int(cols.min() + cols.max()) // 2)
+
+
 def measure_query(
     frame: SemanticFrame,
     result: QueryResult,
@@ -245,8 +256,8 @@ def measure_query(
     else:
         top_iou = iou(result.regions == result.matches[0].id, target) if result.matches else 0.0
         hit = top_iou >= HIT_IOU
-    peak = np.unravel_index(int(np.argmax(result.similarity)), result.similarity.shape)
     best = top_region(result.relevance)
+    peak = pointed_pixel(frame, result, best)
     oracle_index = max(ious, key=ious.get) if ious else -1
     oracle_rank = 0
     if oracle_index >= 0:
