@@ -521,7 +521,8 @@ class DenseFeatureExtractor:
             return pooled
         outline = torch.from_numpy(silhouettes(instance_ids, bboxes, region.size))
         with torch.no_grad():
-            return region(torch.from_numpy(pooled), outline).numpy()
+            features = region(torch.from_numpy(pooled).to(self.device), outline.to(self.device))
+        return features.cpu().numpy()
 
     def encode(self, pixels: torch.Tensor, fine: bool | None = None) -> TowerCells:
         """The frozen tower's cells of normalised windows (B, 3, H, W), and its fine map when
