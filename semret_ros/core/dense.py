@@ -74,6 +74,9 @@ HEAD_FILE = "dense_head.safetensors"
 """In a ``local-dir:`` model folder: the learned dense head (:class:`DenseHead`), applied to
 the tower's cells whenever the folder has it (``DenseConfig.head``)."""
 HEAD_FORMAT = "semret-dense-head/1"
+FINE_SCALE = 2
+"""Cells of a ResNet tower's fine map (its last stage's input) per cell of its output, along
+each side: the last stage halves the resolution."""
 SILHOUETTE_PADDING = 0.1
 """Margin around a region's box in its silhouette, a share of the box's longer side (the crop
 path's default ``crop_padding``)."""
@@ -161,7 +164,7 @@ class DenseHead(nn.Module):
         self.region = RegionHead(dim, silhouette) if silhouette else None
         """The region part: what :meth:`DenseFeatureExtractor.pool` applies to the cells
         pooled over a region's mask, knowing the mask's outline (None: plain mean)."""
-        self.scale = 2 if fine_dim else 1
+        self.scale = FINE_SCALE if fine_dim else 1
         """Output cells per input cell along each side."""
         self.reduce = nn.Conv2d(fine_dim, hidden, kernel_size=1) if fine_dim else None
         sizes = [dim + (hidden if fine_dim else 0)] + [hidden] * (layers - 1) + [dim]

@@ -65,6 +65,7 @@ import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
 from semret_ros.core.dense import (
+    FINE_SCALE,
     HEAD_FILE,
     DenseConfig,
     DenseFeatureExtractor,
@@ -191,7 +192,7 @@ def scene_cells(head: DenseHead, scene: CachedScene) -> torch.Tensor:
 
 def output_grid(layout: WindowBatch, fine: bool) -> tuple[int, int]:
     """(h, w) of the head's output grid over a scene's windows."""
-    scale = 2 if fine else 1
+    scale = FINE_SCALE if fine else 1
     return layout.grid_shape[0] * scale, layout.grid_shape[1] * scale
 
 
