@@ -233,6 +233,14 @@ class RegionHead(nn.Module):
         delta = self.mix(torch.cat([unit * math.sqrt(unit.shape[1]), outline], dim=1))
         return F.normalize(unit + delta, dim=-1)
 
+    def read(
+        self, pooled: torch.Tensor, instance_ids: np.ndarray, bboxes: np.ndarray
+    ) -> torch.Tensor:
+        """:meth:`forward` for regions 1..N of an id image with their (N, 4) boxes: cuts their
+        silhouettes (:func:`silhouettes`) on the head's device."""
+        outline = torch.from_numpy(silhouettes(instance_ids, bboxes, self.size))
+        return self(pooled, outline.to(pooled.device))
+
 
 def silhouettes(
     instance_ids: np.ndarray, bboxes: np.ndarray, size: int, padding: float = SILHOUETTE_PADDING
@@ -522,9 +530,8 @@ class DenseFeatureExtractor:
         region = None if self.head is None else self.head.region
         if region is None:
             return pooled
-        outline = torch.from_numpy(silhouettes(instance_ids, bboxes, region.size))
         with torch.no_grad():
-            features = region(torch.from_numpy(pooled).to(self.device), outline.to(self.device))
+            features = region.read(torch.from_numpy(pooled).to(self.device), instance_ids, bboxes)
         return features.cpu().numpy()
 
     def encode(self, pixels: torch.Tensor, fine: bool | None = None) -> TowerCells:

@@ -437,10 +437,7 @@ def pointing(head: DenseHead, data: EvalSet) -> dict[str, float]:
         cells = scene_cells(head, scene)
         pooled = F.normalize(weights @ cells, dim=-1)
         if head.region is not None:
-            boxes = region_stats(ids, len(keys))[0]
-            pooled = head.region(
-                pooled, torch.from_numpy(silhouettes(ids, boxes, head.region.size))
-            )
+            pooled = head.region.read(pooled, ids, region_stats(ids, len(keys))[0])
         for kind, text, part in (("full", full, slice(0, 2)), ("shape", shape, slice(1, 2))):
             best = (cells @ text.T).argmax(dim=0)
             hits[f"point_{kind}"].extend(bool(on[k][int(best[k])]) for k in range(len(on)))
@@ -539,6 +536,11 @@ def clic_batch(
     return scores, pos
 
 
+def background_caption(rng: np.random.Generator) -> str:
+    """One of recipe 2's background / generic captions, drawn for a region that is no object."""
+    return sw.GENERIC_TEMPLATES[int(rng.integers(len(sw.GENERIC_TEMPLATES)))]
+
+
 def region_batch(
     args: argparse.Namespace,
     step: int,
@@ -561,8 +563,7 @@ def region_batch(
             rng, scene.regions[0], output_grid(scene.layout, scene.fine is not None), count
         )
         for _ in range(pieces.shape[0]):
-            caption = sw.GENERIC_TEMPLATES[int(rng.integers(len(sw.GENERIC_TEMPLATES)))]
-            texts.append(text_of[caption])
+            texts.append(text_of[background_caption(rng)])
             keys.append((BACKGROUND_KEY, BACKGROUND_KEY))
         weights.append(torch.cat([scene.regions[1:], pieces]))
     features = region_features(cells, weights)
@@ -589,9 +590,7 @@ def region_head_batch(
     for i in picked.tolist():
         key = samples.keys[i]
         if key == BACKGROUND_KEY:
-            texts.append(
-                text_of[sw.GENERIC_TEMPLATES[int(rng.integers(len(sw.GENERIC_TEMPLATES)))]]
-            )
+            texts.append(text_of[background_caption(rng)])
             caption_keys.append(BACKGROUND_KEY)
         else:
             caption, caption_key = draw_captions(rng, [key], 1)[0]
