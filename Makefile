@@ -55,9 +55,10 @@ MODEL_REGION_ARGS ?= --objective region-head --init semret_ros/models/shapes_def
 # `make sam2-model` re-trains the shipped small SAM2 (semret_ros/models/sam2_shapes_default, see
 # its MODEL_CARD.md) from its seed; an interrupted run continues from $(BUILD)/sam2_model.
 SAM2_MODEL_ARGS ?= --output $(BUILD)/sam2_model \
-  --export semret_ros/models/sam2_shapes_default/sam2_shapes.pt --steps 3000 --images 2 \
-  --prompts 16 --lr 1e-3 --warmup 50 --focal-weight 1 --seed 0 --threads 1 --workers 1 \
-  --save-every 50 --eval-every 250 --eval-scenes 10
+  --export semret_ros/models/sam2_shapes_default/sam2_shapes.pt --steps 6000 \
+  --localisation-steps 500 --images 2 --prompts 16 --lr 1e-3 --warmup 50 --focal-weight 1 \
+  --encoder-lr-scale 0.3 --embed-rms-weight 1 --seed 0 --threads 2 --workers 1 \
+  --save-every 100 --eval-every 1000 --eval-scenes 10
 # `make sam2-model SAM2_DEVICE=cuda` trains on a GPU (same data and recipe).
 SAM2_DEVICE ?= cpu
 DEMO_ARGS ?=

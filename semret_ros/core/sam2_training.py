@@ -37,6 +37,16 @@ output collapsed to empty masks early in training (measured), hence ``--focal-we
 DICE_WEIGHT = 1.0
 IOU_WEIGHT = 1.0
 OBJECT_WEIGHT = 1.0
+EMBED_RMS_WEIGHT = 1.0
+"""Weight of the penalty on an image embedding whose root mean square exceeds 1. sam2's neck
+has no normalisation, and the decoder locates a prompt by the positional encodings (amplitude
+about 0.7) it adds to the image embedding: trained from scratch, the embedding grew to an RMS
+of about 40 within a few hundred steps (measured), drowned them, and the masks stopped
+depending on where the click was."""
+
+LOCALISATION_RADIUS = 0.09
+"""Radius of the disc a click asks for in the localisation warm-up, as a share of the input
+side (23 px of 256)."""
 
 PROMPT_KINDS = ("point", "box", "box_point", "clicks", "background")
 PROMPT_WEIGHTS = (0.4, 0.2, 0.1, 0.2, 0.1)
@@ -309,6 +319,70 @@ def prompt_loss(
     )
 
 
+def localisation_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, batch: int = 32
+) -> float:
+    """One step of the localisation warm-up; returns the mean IoU of its masks.
+
+    The decoder and prompt encoder learn where a prompt is before they see an image: on a
+    blank image embedding, a click asks for a disc around it and a box for the box itself
+    (even steps clicks, odd steps boxes, positions from the step's own generator). Trained
+    on scenes from the start, the decoder found a mask that ignores the prompt (every object,
+    IoU about 0.13) and never left it in 3000 steps, because attending to the prompt's
+    position first has to be learnt from a flat start (about 200 steps here, measured) while
+    the image alone already lowers the loss. After 500 warm-up steps, point mIoU on held-out
+    scenes was 0.60 after 200 steps of scene training (measured), where it had stayed at 0.13.
+    """
+    device = next(model.parameters()).device
+    size = int(model.image_size)
+    loss_size = size // 2
+    generator = torch.Generator().manual_seed(step)
+    encoder, decoder = model.sam_prompt_encoder, model.sam_mask_decoder
+    grid = torch.arange(loss_size, dtype=torch.float32) + 0.5
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
+    corners = torch.rand(batch, 2, 2, generator=generator) * size
+    if step % 2:
+        coords = torch.stack([corners.min(1).values, corners.max(1).values], 1)
+        labels = torch.tensor([[2, 3]] * batch, dtype=torch.int32)
+        low, high = coords[:, 0, None, None] / 2, coords[:, 1, None, None] / 2
+        targets = (
+            (xx >= low[..., 0]) & (xx <= high[..., 0]) & (yy >= low[..., 1]) & (yy <= high[..., 1])
+        )
+    else:
+        coords = corners[:, :1]
+        labels = torch.ones(batch, 1, dtype=torch.int32)
+        centre = coords[:, 0, None, None] / 2
+        radius = LOCALISATION_RADIUS * loss_size
+        targets = (xx - centre[..., 0]) ** 2 + (yy - centre[..., 1]) ** 2 < radius**2
+    targets = targets.float().unsqueeze(1).to(device)
+    from semret_ros.core.sam2_model import backbone_feature_sizes
+
+    # The decoder's skip inputs are the neck's maps after its own conv_s0 / conv_s1.
+    sizes = backbone_feature_sizes(model)
+    channels = (decoder.conv_s0.out_channels, decoder.conv_s1.out_channels)
+    high_res = [
+        torch.zeros(batch, c, *hw, device=device) for c, hw in zip(channels, sizes[:2], strict=True)
+    ]
+    embed = torch.zeros(batch, decoder.transformer_dim, *sizes[2], device=device)
+    model.train()
+    sparse, dense = encoder(points=(coords.to(device), labels.to(device)), boxes=None, masks=None)
+    low_res, _, _, _ = decoder(
+        image_embeddings=embed,
+        image_pe=encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+        repeat_image=False,
+        high_res_features=high_res,
+    )
+    logits = F.interpolate(low_res, (loss_size, loss_size), mode="bilinear", align_corners=False)
+    loss = (sigmoid_focal_loss(logits, targets) + dice_loss(logits, targets)).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(mask_iou(logits.detach(), targets).mean())
+
+
 def preprocess(image_size: int, images: Sequence[np.ndarray]) -> torch.Tensor:
     """Images resized to ``image_size`` squared and normalised exactly as sam2's predictor
     does (``SAM2Transforms``)."""
@@ -346,14 +420,16 @@ def training_step(
     batch: tuple[torch.Tensor, list[PromptSample], list[tuple[int, int]]],
     grad_clip: float = 1.0,
     focal_weight: float = FOCAL_WEIGHT,
+    embed_rms_weight: float = EMBED_RMS_WEIGHT,
 ) -> BatchLoss:
     """One optimiser step on a batch from :func:`train_batch`."""
     images, prompts, sizes = batch
     model.train()
     features = image_features(model, images.to(next(model.parameters()).device))
     loss = prompt_loss(model, features, prompts, sizes, focal_weight)
+    rms = features["image_embed"].pow(2).mean().sqrt()
     optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()
+    (loss.total + embed_rms_weight * (rms - 1).clamp(min=0) ** 2).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss

@@ -269,8 +269,11 @@ class SemretBehaviour:
         missing = params.missing_model_file(values)
         if missing is not None:
             raise StartupError(f"model file missing: {missing}")
+        segmenter = params.segmenter_type(values)
+        if segmenter == "sam2":
+            segmenter += f" ({values['segmenter.sam2.checkpoint']})"
         models = (
-            f"segmenter {params.segmenter_type(values)}, CLIP {config.clip.model_name} "
+            f"segmenter {segmenter}, CLIP {config.clip.model_name} "
             f"({config.clip.pretrained}) on {config.clip.device}"
         )
         self.get_logger().info(f"loading models: {models}")

@@ -33,8 +33,10 @@ from semret_ros.core.sam2_model import (
     save_sam2_checkpoint,
 )
 from semret_ros.core.sam2_training import (
+    EMBED_RMS_WEIGHT,
     FOCAL_WEIGHT,
     evaluate_prompted,
+    localisation_step,
     train_batch,
     training_step,
 )
@@ -108,12 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
         "of each renderer and print the figures as JSON",
     )
     p.add_argument("--export", type=Path, help="write the final fp16 checkpoint here")
-    p.add_argument("--steps", type=int, default=3000, help="total optimiser steps")
+    p.add_argument(
+        "--steps", type=int, default=3000, help="total optimiser steps (warm-up included)"
+    )
+    p.add_argument(
+        "--localisation-steps",
+        type=int,
+        default=500,
+        help="first steps: the decoder learns where prompts are, on a blank image "
+        "(sam2_training.localisation_step)",
+    )
     p.add_argument("--images", type=int, default=8, help="images per step")
     p.add_argument("--prompts", type=int, default=4, help="prompts per image")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=0.3,
+        help="the image encoder's learning rate as a share of --lr",
+    )
+    p.add_argument(
+        "--embed-rms-weight",
+        type=float,
+        default=EMBED_RMS_WEIGHT,
+        help="penalty on an image embedding RMS above 1 (keeps the prompts' positions legible)",
+    )
     p.add_argument(
         "--focal-weight", type=float, default=FOCAL_WEIGHT, help="focal loss weight (dice: 1)"
     )
@@ -180,14 +203,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--output is required for training")
     if args.steps < 1 or args.images < 1 or args.prompts < 1:
         raise SystemExit("--steps, --images and --prompts must be >= 1")
+    if not 0 <= args.localisation_steps < args.steps:
+        raise SystemExit("--localisation-steps must be >= 0 and below --steps")
     torch.manual_seed(args.seed)
     args.output.mkdir(parents=True, exist_ok=True)
     state_path = args.output / STATE_FILE
     model = build_sam2_model(args.model_cfg, None, device=args.device, eval_mode=False)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        decays = param.ndim > 1 and "pos_embed" not in name
+        groups.setdefault((decays, name.startswith("image_encoder.")), []).append(param)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0}],
+        [
+            {
+                "params": params,
+                "weight_decay": args.weight_decay if decays else 0.0,
+                "lr_scale": args.encoder_lr_scale if encoder else 1.0,
+            }
+            for (decays, encoder), params in sorted(groups.items())
+        ],
         lr=args.lr,
     )
     start = 0
@@ -211,18 +245,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log = (args.output / EVAL_LOG).open("a")
     started = time.monotonic()
+    warm = args.localisation_steps
+    for step in range(start, min(warm, end)):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr
+        iou = localisation_step(model, optimizer, args.seed * 1_000_003 + step)
+        bar.update(1)
+        bar.set_postfix(localisation_iou=f"{iou:.3f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == end:
+            _save_state(state_path, model, optimizer, step + 1, args)
     batches = torch.utils.data.DataLoader(
         StepBatches(int(model.image_size), args.seed, args.images, args.prompts),
         batch_size=None,
-        sampler=range(start, end),
+        sampler=range(max(start, warm), end),
         num_workers=args.workers,
         worker_init_fn=_one_thread,
         collate_fn=lambda batch: batch,
     )
-    for step, batch in zip(range(start, end), batches, strict=True):
+    for step, batch in zip(range(max(start, warm), end), batches, strict=True):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.warmup, args.lr)
-        loss = training_step(model, optimizer, batch, focal_weight=args.focal_weight)
+            rate = lr_at(step - warm, args.steps - warm, args.warmup, args.lr)
+            group["lr"] = rate * group["lr_scale"]
+        loss = training_step(
+            model,
+            optimizer,
+            batch,
+            focal_weight=args.focal_weight,
+            embed_rms_weight=args.embed_rms_weight,
+        )
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.total):.3f}", iou=f"{loss.mean_iou:.3f}")
         done = step + 1
@@ -231,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if done % args.eval_every == 0 or done == args.steps:
             record = _evaluate(model, eval_scenes, done)
             record["train_loss"] = round(float(loss.total), 4)
-            record["s_per_step"] = round((time.monotonic() - started) / (done - start), 3)
+            record["s_per_step"] = round(
+                (time.monotonic() - started) / (done - max(start, warm)), 3
+            )
             log.write(json.dumps(record) + "\n")
             log.flush()
             tqdm.write(json.dumps(record), file=sys.stderr)
