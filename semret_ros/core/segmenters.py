@@ -103,12 +103,14 @@ class Sam2Config:
     points_per_side: int = 16
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.5
-    """Measured with the shipped small SAM2 (``benchmarks/sweep_sam2_thresholds.py``): 0.5 keeps
-    every object 0 does (recall@0.5 0.93) with 11 masks per frame instead of 13; sam2's own
-    0.8 loses 2 % of the objects. Released sam2 models are calibrated for 0.8."""
+    """Measured with the shipped small SAM2 (``benchmarks/sweep_sam2_thresholds.py``, at
+    stability 0.85): 0.5 keeps every object 0 keeps (recall at IoU 0.5 0.945) with 13 masks
+    per frame instead of 15; sam2's own 0.8 loses 2 % of the objects and 5 % at IoU 0.75.
+    Released sam2 models are calibrated for 0.8."""
     stability_score_thresh: float = 0.85
-    """Measured as above: sam2's 0.95 drops a quarter of the objects (recall@0.5 0.93 -> 0.71)
-    whose 64 x 64 masks have soft boundaries; 0.85 costs none at IoU 0.5."""
+    """Measured as above: sam2's 0.95 drops a fifth of this model's objects (recall at IoU 0.5
+    0.945 -> 0.764), whose 64 x 64 masks have soft edges; 0.85 keeps them at 13 masks per
+    frame (0.7: one more object of 55, 15 masks)."""
     box_nms_thresh: float = 0.7
     min_mask_region_area: int = 0
     """Removes small islands and holes in each mask (needs OpenCV); 0 disables it."""
