@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from semret_ros.core.image import interior_point
+from semret_ros.core.sam2_model import backbone_feature_sizes, image_predictor
 
 FOCAL_WEIGHT = 20.0
 """sam2's weight of the focal loss against dice (1). Objects of the shapes world cover 0.5-3 %
@@ -172,8 +173,6 @@ def sample_prompts(
 def image_features(model: torch.nn.Module, images: torch.Tensor) -> dict[str, object]:
     """The image embedding and high-resolution features of a batch of preprocessed images,
     exactly as ``SAM2ImagePredictor.set_image_batch`` computes them."""
-    from semret_ros.core.sam2_model import backbone_feature_sizes
-
     backbone_out = model.forward_image(images)
     _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
     if model.directly_add_no_mem_embed:
@@ -341,22 +340,21 @@ def localisation_step(
     grid = torch.arange(loss_size, dtype=torch.float32) + 0.5
     yy, xx = torch.meshgrid(grid, grid, indexing="ij")
     corners = torch.rand(batch, 2, 2, generator=generator) * size
+    to_loss = loss_size / size  # prompts are in input pixels, targets at the loss size
     if step % 2:
         coords = torch.stack([corners.min(1).values, corners.max(1).values], 1)
         labels = torch.tensor([[2, 3]] * batch, dtype=torch.int32)
-        low, high = coords[:, 0, None, None] / 2, coords[:, 1, None, None] / 2
+        low, high = coords[:, 0, None, None] * to_loss, coords[:, 1, None, None] * to_loss
         targets = (
             (xx >= low[..., 0]) & (xx <= high[..., 0]) & (yy >= low[..., 1]) & (yy <= high[..., 1])
         )
     else:
         coords = corners[:, :1]
         labels = torch.ones(batch, 1, dtype=torch.int32)
-        centre = coords[:, 0, None, None] / 2
+        centre = coords[:, 0, None, None] * to_loss
         radius = LOCALISATION_RADIUS * loss_size
         targets = (xx - centre[..., 0]) ** 2 + (yy - centre[..., 1]) ** 2 < radius**2
     targets = targets.float().unsqueeze(1).to(device)
-    from semret_ros.core.sam2_model import backbone_feature_sizes
-
     # The decoder's skip inputs are the neck's maps after its own conv_s0 / conv_s1.
     sizes = backbone_feature_sizes(model)
     channels = (decoder.conv_s0.out_channels, decoder.conv_s1.out_channels)
@@ -455,7 +453,6 @@ def evaluate_prompted(
     The model is left in eval mode.
     """
     from semret_ros.core.metrics import iou
-    from semret_ros.core.sam2_model import image_predictor
 
     model.eval()
     predictor = image_predictor(model)

@@ -661,11 +661,11 @@ class Sam2Segmenter:
             low_res, scores, best = self._decode_points(predictor, np.array(batch))
             # Every candidate that passes the filters is kept (box NMS removes duplicates at the
             # end); only each prompt's best one marks pixels as covered.
+            is_best = torch.nn.functional.one_hot(best, scores.shape[1]).bool().flatten()
             low_res, scores = low_res.flatten(0, 1)[:, None], scores.flatten()
-            is_best = torch.zeros_like(scores, dtype=torch.bool)
-            is_best[torch.arange(len(best), device=best.device) * 3 + best] = True
-            keep = scores > config.pred_iou_thresh
-            low_res, scores, is_best = low_res[keep], scores[keep], is_best[keep]
+            if config.pred_iou_thresh > 0.0:
+                keep = scores > config.pred_iou_thresh
+                low_res, scores, is_best = low_res[keep], scores[keep], is_best[keep]
             if not len(scores):
                 continue
             logits = predictor._transforms.postprocess_masks(low_res, (height, width))[:, 0]
