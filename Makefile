@@ -53,12 +53,19 @@ MODEL_REGION_ARGS ?= --objective region-head --init semret_ros/models/shapes_def
   --weight-decay 0.05 --seed 0 --threads 2 --eval-every 250 --eval-scenes 20 --save-every 500 \
   --checkpoint-dir $(BUILD)/region_head --cache-dir $(BUILD)/clic_region/cache
 # `make sam2-model` re-trains the shipped small SAM2 (semret_ros/models/sam2_shapes_default, see
-# its MODEL_CARD.md) from its seed; an interrupted run continues from $(BUILD)/sam2_model.
-SAM2_MODEL_ARGS ?= --output $(BUILD)/sam2_model \
-  --export semret_ros/models/sam2_shapes_default/sam2_shapes.pt --steps 6000 \
-  --localisation-steps 500 --images 2 --prompts 16 --lr 1e-3 --warmup 50 --focal-weight 1 \
-  --encoder-lr-scale 0.3 --embed-rms-weight 1 --seed 0 --threads 2 --workers 1 \
-  --save-every 100 --eval-every 1000 --eval-scenes 10
+# its MODEL_CARD.md) from its seeds in three runs: from scratch, then two fine-tuning runs that
+# each start from the previous one's export. An interrupted run continues from its own folder.
+SAM2_COMMON_ARGS ?= --images 2 --prompts 16 --warmup 50 --focal-weight 1 \
+  --encoder-lr-scale 0.3 --embed-rms-weight 1 --threads 2 --workers 1 --save-every 100 \
+  --eval-scenes 10
+SAM2_PHASE1_ARGS ?= --output $(BUILD)/sam2_model --export $(BUILD)/sam2_model/phase1.pt \
+  --steps 6000 --localisation-steps 500 --lr 1e-3 --seed 0 --eval-every 1000
+SAM2_PHASE2_ARGS ?= --init $(BUILD)/sam2_model/phase1.pt --output $(BUILD)/sam2_phase2 \
+  --export $(BUILD)/sam2_phase2/phase2.pt --steps 3000 --localisation-steps 0 --lr 3e-4 \
+  --iou-weight 3 --seed 1 --eval-every 500
+SAM2_PHASE3_ARGS ?= --init $(BUILD)/sam2_phase2/phase2.pt --output $(BUILD)/sam2_phase3 \
+  --export semret_ros/models/sam2_shapes_default/sam2_shapes.pt --steps 3000 \
+  --localisation-steps 0 --lr 3e-4 --iou-weight 3 --seed 2 --eval-every 500
 # `make sam2-model SAM2_DEVICE=cuda` trains on a GPU (same data and recipe).
 SAM2_DEVICE ?= cpu
 DEMO_ARGS ?=
@@ -121,8 +128,12 @@ model: build
 	$(PY) -m semret_ros.tools.lexicon --model-dir semret_ros/models/shapes_default --no-progress
 
 sam2-model: build
-	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_MODEL_ARGS) --device $(SAM2_DEVICE) \
-	  $$(test -f $(BUILD)/sam2_model/last.pt && echo --resume)
+	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_COMMON_ARGS) $(SAM2_PHASE1_ARGS) \
+	  --device $(SAM2_DEVICE) $$(test -f $(BUILD)/sam2_model/last.pt && echo --resume)
+	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_COMMON_ARGS) $(SAM2_PHASE2_ARGS) \
+	  --device $(SAM2_DEVICE) $$(test -f $(BUILD)/sam2_phase2/last.pt && echo --resume)
+	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_COMMON_ARGS) $(SAM2_PHASE3_ARGS) \
+	  --device $(SAM2_DEVICE) $$(test -f $(BUILD)/sam2_phase3/last.pt && echo --resume)
 
 demo: build
 	$(PY) -m semret_ros.tools.demo $(DEMO_ARGS)

@@ -22,6 +22,7 @@ from semret_ros.core.sam2_model import (
     SHIPPED_WEIGHTS_FILE,
     build_sam2_model,
     image_predictor,
+    predict_one_mask,
     resolve_sam2_checkpoint,
     save_sam2_checkpoint,
 )
@@ -276,6 +277,50 @@ def test_training_resumes_where_it_stopped(small_yaml, tmp_path):
     assert '"step": 2' in (resumed / "eval.jsonl").read_text()
 
 
+def test_second_phase_starts_from_the_given_weights(small_yaml, tmp_path):
+    """--init loads a checkpoint (a file or a shipped name) instead of random weights: with a
+    zero learning rate the exported weights are the initial ones, bit for bit."""
+    first = build_sam2_model(small_yaml)
+    torch.nn.init.normal_(first.sam_mask_decoder.iou_token.weight)
+    save_sam2_checkpoint(first, tmp_path / "phase1.pt", fp16=True)
+    common = ["--model-cfg", small_yaml, "--steps", "1", "--images", "1", "--prompts", "2"]
+    common += ["--eval-scenes", "1", "--workers", "0", "--no-progress", "--warmup", "1"]
+    common += ["--init", str(tmp_path / "phase1.pt")]
+    with pytest.raises(SystemExit, match="--localisation-steps 0"):
+        train_sam2.main([*common, "--steps", "3", "--localisation-steps", "1", "--output", "x"])
+    export = tmp_path / "phase2.pt"
+    args = [*common, "--localisation-steps", "0", "--lr", "0", "--weight-decay", "0"]
+    assert train_sam2.main([*args, "--output", str(tmp_path / "run"), "--export", str(export)]) == 0
+    before = torch.load(tmp_path / "phase1.pt", weights_only=True)["model"]
+    after = torch.load(export, weights_only=True)["model"]
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_one_click_gets_the_best_of_three_and_a_box_the_single_output(small_yaml, image):
+    """sam2's advice: three candidates for an ambiguous single click, the single-mask output
+    for a box or several clicks (random weights: the outputs differ, so the routing shows)."""
+    torch.manual_seed(0)
+    predictor = image_predictor(build_sam2_model(small_yaml))
+    point, box = np.array([[160.0, 120.0]]), np.array([100.0, 80.0, 220.0, 170.0])
+    with torch.inference_mode():
+        predictor.set_image(image)
+        three, scores, _ = predictor.predict(point_coords=point, point_labels=np.array([1]))
+        single, single_score, _ = predictor.predict(box=box, multimask_output=False)
+        clicks = np.array([[160.0, 120.0], [60.0, 40.0]])
+        two, _, _ = predictor.predict(
+            point_coords=clicks, point_labels=np.array([1, 0]), multimask_output=False
+        )
+        mask, score = predict_one_mask(predictor, point, np.array([1]))
+        np.testing.assert_array_equal(mask, three[int(np.argmax(scores))] > 0.5)
+        assert score == pytest.approx(float(scores.max()))
+        mask, score = predict_one_mask(predictor, box=box)
+        np.testing.assert_array_equal(mask, single[0] > 0.5)
+        assert score == pytest.approx(float(single_score[0]))
+        mask, _ = predict_one_mask(predictor, clicks, np.array([1, 0]))
+        np.testing.assert_array_equal(mask, two[0] > 0.5)
+
+
 # --------------------------------------------------------------------------- the shipped model
 needs_weights = pytest.mark.skipif(
     not SHIPPED_WEIGHTS.is_file(),
@@ -293,6 +338,31 @@ def test_shipped_model_is_small_and_selected_by_name(shipped_segmenter):
     assert SHIPPED_WEIGHTS.stat().st_size <= 20 * 2**20
     assert shipped_segmenter.name == "sam2:sam2_shapes"
     assert shipped_segmenter.model.image_size == 256
+
+
+@needs_weights
+def test_shipped_checkpoint_loads_through_sam2s_own_build_sam2(image):
+    """sam2's ``build_sam2`` (hydra compose, ``_load_checkpoint``) reads the shipped YAML and
+    fp16 file as they are, and answers a click exactly as the project's loader does."""
+    from hydra import initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from sam2.build_sam import build_sam2
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(SHIPPED_DIR), version_base="1.2"):
+            theirs = build_sam2(SHIPPED_CONFIG_FILE, str(SHIPPED_WEIGHTS), device="cpu")
+    finally:
+        # What importing sam2 set up, so package config names compose again.
+        GlobalHydra.instance().clear()
+        initialize_config_module("sam2", version_base="1.2")
+    ours = build_sam2_model(SHIPPED_YAML, SHIPPED_WEIGHTS)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(theirs.state_dict()[key], value), key
+    masks, scores = _predict(theirs, image)
+    masks_again, scores_again = _predict(ours, image)
+    assert np.array_equal(masks, masks_again) and np.array_equal(scores, scores_again)
+    assert build_sam2(PACKAGE_CFG, None, device="cpu").image_size == 1024
 
 
 @needs_weights

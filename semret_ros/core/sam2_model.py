@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     import torch
     from omegaconf import DictConfig
@@ -221,6 +223,32 @@ def fit_predictor(predictor: Any, model: torch.nn.Module) -> Any:
     ``model``'s input size; returns the predictor."""
     predictor._bb_feat_sizes = backbone_feature_sizes(model)
     return predictor
+
+
+def predict_one_mask(
+    predictor: Any,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """The one mask a prompt asks for and its predicted IoU, as sam2 recommends asking.
+
+    A single click is ambiguous (a part, the object, a group), so it gets sam2's three
+    candidate masks and the best by predicted IoU; a box or several clicks are not, and the
+    single-mask output answers them (sam2's ``predict`` docstring: "for non-ambiguous prompts,
+    such as multiple input prompts, multimask_output=False can give better results"). With the
+    shipped model the box answer is measurably better that way (see its MODEL_CARD).
+    ``points`` (N, 2) and ``box`` (x0, y0, x1, y1) are in the image's pixels, as sam2 takes
+    them; the predictor must hold the image already.
+    """
+    multimask = box is None and points is not None and len(points) == 1
+    masks, scores, _ = predictor.predict(
+        point_coords=points, point_labels=labels, box=box, multimask_output=multimask
+    )
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    best = int(np.argmax(scores))
+    score = float(scores[best]) if np.isfinite(scores[best]) else 0.0
+    return masks[best] > 0.5, score
 
 
 def image_predictor(model: torch.nn.Module) -> Any:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from semret_ros.core.image import interior_point
-from semret_ros.core.sam2_model import backbone_feature_sizes, image_predictor
+from semret_ros.core.sam2_model import backbone_feature_sizes, image_predictor, predict_one_mask
 
 FOCAL_WEIGHT = 20.0
 """sam2's weight of the focal loss against dice (1). Objects of the shapes world cover 0.5-3 %
@@ -243,6 +243,7 @@ def prompt_loss(
     prompts: Sequence[PromptSample],
     image_sizes: Sequence[tuple[int, int]],
     focal_weight: float = FOCAL_WEIGHT,
+    iou_weight: float = IOU_WEIGHT,
 ) -> BatchLoss:
     """Decode ``prompts`` on precomputed ``features`` and compute the training loss.
 
@@ -305,7 +306,7 @@ def prompt_loss(
     total = (
         focal_weight * means["focal"]
         + DICE_WEIGHT * means["dice"]
-        + IOU_WEIGHT * means["iou"]
+        + iou_weight * means["iou"]
         + OBJECT_WEIGHT * means["object"]
     )
     return BatchLoss(
@@ -419,12 +420,13 @@ def training_step(
     grad_clip: float = 1.0,
     focal_weight: float = FOCAL_WEIGHT,
     embed_rms_weight: float = EMBED_RMS_WEIGHT,
+    iou_weight: float = IOU_WEIGHT,
 ) -> BatchLoss:
     """One optimiser step on a batch from :func:`train_batch`."""
     images, prompts, sizes = batch
     model.train()
     features = image_features(model, images.to(next(model.parameters()).device))
-    loss = prompt_loss(model, features, prompts, sizes, focal_weight)
+    loss = prompt_loss(model, features, prompts, sizes, focal_weight, iou_weight)
     rms = features["image_embed"].pow(2).mean().sqrt()
     optimizer.zero_grad(set_to_none=True)
     (loss.total + embed_rms_weight * (rms - 1).clamp(min=0) ** 2).backward()
@@ -439,9 +441,9 @@ class PromptedScores:
 
     point_miou: float
     """One click at each object's most interior pixel, the best of three masks by predicted
-    IoU (what ``Sam2Segmenter.segment_prompted`` answers)."""
+    IoU (``predict_one_mask``, what ``Sam2Segmenter.segment_prompted`` answers)."""
     box_miou: float
-    """Each object's exact box, the best of three masks by predicted IoU."""
+    """Each object's exact box, sam2's single-mask output (``predict_one_mask``)."""
     objects: int
 
 
@@ -465,18 +467,9 @@ def evaluate_prompted(
                     continue
                 ys, xs = np.nonzero(mask)
                 box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
-                for ious, kwargs in (
-                    (
-                        point_ious,
-                        {
-                            "point_coords": np.array([interior_point(mask)], np.float32),
-                            "point_labels": [1],
-                        },
-                    ),
-                    (box_ious, {"box": box}),
-                ):
-                    pred, scores, _ = predictor.predict(multimask_output=True, **kwargs)
-                    ious.append(iou(pred[int(np.argmax(scores))] > 0.5, mask))
+                point = np.array([interior_point(mask)], np.float32)
+                point_ious.append(iou(predict_one_mask(predictor, point, np.array([1]))[0], mask))
+                box_ious.append(iou(predict_one_mask(predictor, box=box)[0], mask))
     return PromptedScores(
         point_miou=float(np.mean(point_ious)) if point_ious else 0.0,
         box_miou=float(np.mean(box_ious)) if box_ious else 0.0,

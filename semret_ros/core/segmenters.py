@@ -26,6 +26,12 @@ from scipy import ndimage
 
 from semret_ros.core.image import check_image
 from semret_ros.core.records import Prompt, Region, Segmentation, bbox_of_mask
+from semret_ros.core.sam2_model import (
+    build_sam2_model,
+    fit_predictor,
+    predict_one_mask,
+    resolve_sam2_checkpoint,
+)
 
 SUPERPIXEL_METHODS = ("felzenszwalb", "slic")
 SAM2_PROMPTS = ("superpixel", "grid")
@@ -520,12 +526,6 @@ class Sam2Segmenter:
                 "Sam2Config.checkpoint is not set: give the path of a SAM2 checkpoint file "
                 "(e.g. sam2.1_hiera_tiny.pt) or None for random weights (tests only)"
             )
-        from semret_ros.core.sam2_model import (
-            build_sam2_model,
-            fit_predictor,
-            resolve_sam2_checkpoint,
-        )
-
         # A shipped name (shapes_default) brings its own architecture YAML.
         source = resolve_sam2_checkpoint(checkpoint, config.model_cfg)
         if source.checkpoint is not None and not Path(source.checkpoint).is_file():
@@ -725,7 +725,8 @@ class Sam2Segmenter:
         return low_res.float(), scores.float(), scores.argmax(dim=1)
 
     def segment_prompted(self, image: np.ndarray, prompt: Prompt) -> Region | None:
-        """The best of sam2's three candidate masks by predicted IoU; None if it is empty.
+        """The mask sam2 answers the prompt with (:func:`predict_one_mask`: the best of three
+        candidates for one click, the single output otherwise); None if it is empty.
 
         The image features come from :class:`ImageFeatures` when this image was segmented or
         prompted recently, so describing a processed frame runs no image encoder.
@@ -741,15 +742,9 @@ class Sam2Segmenter:
             box = np.array([x, y, x + w, y + h], dtype=np.float32)
         with self._predict_lock, self._inference():
             self._predictor.set_image(image)
-            masks, ious, _ = self._predictor.predict(
-                point_coords=points, point_labels=labels, box=box, multimask_output=True
-            )
-        ious = np.where(np.isfinite(ious), ious, -np.inf)
-        best = int(np.argmax(ious))
-        mask = masks[best] > 0.5
+            mask, score = predict_one_mask(self._predictor, points, labels, box)
         if not mask.any():
             return None
-        score = float(ious[best]) if np.isfinite(ious[best]) else 0.0
         return Region.from_mask(mask, min(max(score, 0.0), 1.0))
 
 

@@ -35,6 +35,7 @@ from semret_ros.core.sam2_model import (
 from semret_ros.core.sam2_training import (
     EMBED_RMS_WEIGHT,
     FOCAL_WEIGHT,
+    IOU_WEIGHT,
     evaluate_prompted,
     localisation_step,
     train_batch,
@@ -140,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--focal-weight", type=float, default=FOCAL_WEIGHT, help="focal loss weight (dice: 1)"
     )
+    p.add_argument(
+        "--iou-weight",
+        type=float,
+        default=IOU_WEIGHT,
+        help="weight of the IoU head's loss (it picks the best of three masks)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from these weights (a file or shapes_default) instead of random ones: a "
+        "second training phase; needs --localisation-steps 0",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--device",
@@ -205,10 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--steps, --images and --prompts must be >= 1")
     if not 0 <= args.localisation_steps < args.steps:
         raise SystemExit("--localisation-steps must be >= 0 and below --steps")
+    if args.init and args.localisation_steps:
+        raise SystemExit("--init starts from trained weights: pass --localisation-steps 0")
     torch.manual_seed(args.seed)
     args.output.mkdir(parents=True, exist_ok=True)
     state_path = args.output / STATE_FILE
-    model = build_sam2_model(args.model_cfg, None, device=args.device, eval_mode=False)
+    init = resolve_sam2_checkpoint(args.init, args.model_cfg) if args.init else None
+    model = build_sam2_model(
+        init.model_cfg if init else args.model_cfg,
+        init.checkpoint if init else None,
+        device=args.device,
+        eval_mode=False,
+    )
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         decays = param.ndim > 1 and "pos_embed" not in name
@@ -272,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch,
             focal_weight=args.focal_weight,
             embed_rms_weight=args.embed_rms_weight,
+            iou_weight=args.iou_weight,
         )
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.total):.3f}", iou=f"{loss.mean_iou:.3f}")
