@@ -9,6 +9,9 @@ give the same weights.
 
     semret-train-sam2 --output build/sam2_train --steps 3000 \\
         --export semret_ros/models/sam2_shapes_default/sam2_shapes.pt
+
+``--init`` starts a fine-tuning run from an earlier export instead of random weights (the
+shipped model is one run from scratch and two such runs: ``make sam2-model``).
 """
 
 from __future__ import annotations
