@@ -68,6 +68,9 @@ SAM2_PHASE3_ARGS ?= --init $(BUILD)/sam2_phase2/phase2.pt --output $(BUILD)/sam2
   --localisation-steps 0 --lr 3e-4 --iou-weight 3 --seed 2 --eval-every 500
 # `make sam2-model SAM2_DEVICE=cuda` trains on a GPU (same data and recipe).
 SAM2_DEVICE ?= cpu
+# One training run: $(1) its arguments, $(2) its --output folder (resumed when it holds a state).
+train_sam2_run = $(PY) -m semret_ros.tools.train_sam2 $(SAM2_COMMON_ARGS) $(1) \
+  --device $(SAM2_DEVICE) $$(test -f $(2)/last.pt && echo --resume)
 DEMO_ARGS ?=
 
 # ament_index (share dirs, the installed interfaces) and CMake find everything in the venv.
@@ -128,12 +131,9 @@ model: build
 	$(PY) -m semret_ros.tools.lexicon --model-dir semret_ros/models/shapes_default --no-progress
 
 sam2-model: build
-	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_COMMON_ARGS) $(SAM2_PHASE1_ARGS) \
-	  --device $(SAM2_DEVICE) $$(test -f $(BUILD)/sam2_model/last.pt && echo --resume)
-	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_COMMON_ARGS) $(SAM2_PHASE2_ARGS) \
-	  --device $(SAM2_DEVICE) $$(test -f $(BUILD)/sam2_phase2/last.pt && echo --resume)
-	$(PY) -m semret_ros.tools.train_sam2 $(SAM2_COMMON_ARGS) $(SAM2_PHASE3_ARGS) \
-	  --device $(SAM2_DEVICE) $$(test -f $(BUILD)/sam2_phase3/last.pt && echo --resume)
+	$(call train_sam2_run,$(SAM2_PHASE1_ARGS),$(BUILD)/sam2_model)
+	$(call train_sam2_run,$(SAM2_PHASE2_ARGS),$(BUILD)/sam2_phase2)
+	$(call train_sam2_run,$(SAM2_PHASE3_ARGS),$(BUILD)/sam2_phase3)
 
 demo: build
 	$(PY) -m semret_ros.tools.demo $(DEMO_ARGS)

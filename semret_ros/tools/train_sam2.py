@@ -226,12 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     args.output.mkdir(parents=True, exist_ok=True)
     state_path = args.output / STATE_FILE
-    init = resolve_sam2_checkpoint(args.init, args.model_cfg) if args.init else None
+    source = resolve_sam2_checkpoint(args.init, args.model_cfg)  # no --init: random weights
     model = build_sam2_model(
-        init.model_cfg if init else args.model_cfg,
-        init.checkpoint if init else None,
-        device=args.device,
-        eval_mode=False,
+        source.model_cfg, source.checkpoint, device=args.device, eval_mode=False
     )
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
